@@ -1,0 +1,50 @@
+"""Write the helmet bundle (format defined once in ``painhelm.firmware.bundle``)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from painhelm.firmware import bundle as fmt
+from painhelm.firmware.version import VERSION
+
+
+def write_bundle(out_dir: str | Path, tflite_int8: str | Path, pre, level_names: list[str],
+                 location_names: list[str], input_scale: float, input_zero_point: int) -> Path:
+    """Write ``out_dir`` with model, preprocessing, topomap matrix and (last) the manifest.
+
+    ``pre`` is a :class:`painhelm.train.features.Preprocessing`; ``input_scale`` and
+    ``input_zero_point`` are the int8 model's input quantization.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / fmt.MANIFEST_FILE).unlink(missing_ok=True)  # an old manifest must not bless new files
+    shutil.copyfile(tflite_int8, out / fmt.MODEL_FILE)
+    preproc = {
+        "sfreq": float(pre.sfreq), "ch_names": list(pre.ch_names), "n_times": int(pre.n_times),
+        "n_frames": int(pre.n_frames), "bands": [list(b) for b in pre.bands],
+        "image_size": int(pre.image_size),
+        "mean": [float(v) for v in np.asarray(pre.mean, np.float32).ravel()],
+        "std": [float(v) for v in np.asarray(pre.std, np.float32).ravel()],
+        "input_scale": float(input_scale), "input_zero_point": int(input_zero_point),
+        "level_names": list(level_names), "location_names": list(location_names),
+    }
+    assert set(fmt.PREPROC_KEYS) <= set(preproc)
+    (out / fmt.PREPROC_FILE).write_text(json.dumps(preproc))
+    (out / fmt.TOPOMAP_FILE).write_bytes(np.asarray(pre.W, dtype="<f4").tobytes())
+    files = {}
+    for name in fmt.FILES:
+        data = (out / name).read_bytes()
+        files[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    manifest = {"bundle_version": fmt.BUNDLE_VERSION, "firmware": VERSION, "files": files}
+    (out / fmt.MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    return out
+
+
+def read_preproc(bundle_dir: str | Path) -> dict:
+    """The bundle's preproc.json as a dict."""
+    return json.loads((Path(bundle_dir) / fmt.PREPROC_FILE).read_text())

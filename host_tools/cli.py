@@ -1,0 +1,186 @@
+"""The `painhelm` command: one entry point, one table of subcommands.
+
+Each subcommand is ``do_<name>(args)`` with its parser factory in ``COMMANDS``; user
+mistakes and device trouble become :class:`CommandError`, printed as one line
+``painhelm: <message>`` with exit status 1 and no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from painhelm.firmware.version import PROTOCOL_VERSION, VERSION
+
+
+class CommandError(Exception):
+    """A user mistake or device trouble, shown without a traceback."""
+
+
+def _user_errors():
+    """Exception types that mean 'tell the user', collected lazily to keep --help fast."""
+    from .link import LinkError
+
+    types = [CommandError, LinkError, FileNotFoundError]
+    for mod, names in (("transport", ("TransportError",)), ("flash", ("FlashError",)),
+                       ("virtual_helmet", ("VirtualHelmetError",))):
+        try:
+            m = __import__(f"painhelm.host_tools.{mod}", fromlist=list(names))
+        except ImportError:
+            continue
+        types += [getattr(m, n) for n in names if hasattr(m, n)]
+    return tuple(types)
+
+
+# --- demo -----------------------------------------------------------------------------
+
+def _parser_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/demo", help="output folder (default: %(default)s)")
+    p.add_argument("--seconds", type=float, default=60.0, help="training time budget in seconds (default: %(default)s)")
+    p.add_argument("--subjects", type=int, default=5, help="synthetic subjects; the last is held out (default: %(default)s)")
+    p.add_argument("--windows-per-class", type=int, default=16,
+                   help="windows per subject, pain level and location (default: %(default)s)")
+    p.add_argument("--max-windows", type=int, default=None, help="stream at most this many held-out windows")
+    p.add_argument("--heapsize", default="512K", help="virtual helmet heap, e.g. 256K (default: %(default)s)")
+    p.add_argument("--port", default=None, help="use a real board on this serial port instead of a virtual helmet")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+
+
+def do_demo(args) -> int:
+    from .demo import run_demo
+
+    if args.subjects < 2:
+        raise CommandError(f"--subjects must be at least 2 (one is held out), got {args.subjects}")
+    if args.seconds <= 0:
+        raise CommandError(f"--seconds must be positive, got {args.seconds}")
+    res = run_demo(args.out, seconds=args.seconds, n_subjects=args.subjects,
+                   windows_per_class=args.windows_per_class, max_test_windows=args.max_windows,
+                   heapsize=args.heapsize, port=args.port, seed=args.seed)
+    return 0 if res["logits_equal"] >= 0 else 1
+
+
+# --- helmet ---------------------------------------------------------------------------
+
+def _parser_helmet(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--virtual", action="store_true", required=True,
+                   help="start a virtual helmet (the only kind this command starts)")
+    p.add_argument("--fs", default="runs/helmet_fs", help="folder used as the helmet's filesystem (default: %(default)s)")
+    p.add_argument("--heapsize", default="512K", help="MicroPython heap, e.g. 256K for a small board (default: %(default)s)")
+
+
+def do_helmet(args) -> int:
+    from .virtual_helmet import VirtualHelmet
+
+    fs = Path(args.fs)
+    fs.mkdir(parents=True, exist_ok=True)
+    helmet = VirtualHelmet(fs, heapsize=args.heapsize)
+    helmet.start()
+    print(f"port: {helmet.port}", flush=True)
+    print(f"virtual helmet running MicroPython on {helmet.port} with filesystem {fs.resolve()}; "
+          "Ctrl-C to stop", file=sys.stderr, flush=True)
+    try:
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        helmet.stop()
+    return 0
+
+
+# --- flash ----------------------------------------------------------------------------
+
+def _parser_flash(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", required=True, help="serial port of the helmet, e.g. /dev/ttyUSB0 or a virtual helmet's pty")
+    p.add_argument("--bundle", default=None, help="bundle folder to flash with the firmware (e.g. runs/demo/bundle)")
+    p.add_argument("--no-reset", action="store_true", help="do not soft-reset the helmet after flashing")
+
+
+def do_flash(args) -> int:
+    from .flash import flash
+    from .image import device_image
+    from .transport import SerialTransport
+
+    image = device_image(args.bundle)
+    t = SerialTransport(args.port, wait=3.0)
+    try:
+        summary = flash(t, image, progress=None, reset=not args.no_reset)
+    finally:
+        t.close()
+    written, skipped = summary.get("written", []), summary.get("skipped", [])
+    print(f"flashed {args.port}: {len(written)} files written, {len(skipped)} unchanged (SHA-256 verified on the device)")
+    return 0
+
+
+# --- info -----------------------------------------------------------------------------
+
+def _parser_info(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", required=True, help="serial port of the helmet")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the firmware (default: %(default)s)")
+
+
+def do_info(args) -> int:
+    import serial
+
+    from .link import HelmetLink
+
+    try:
+        ser = serial.serial_for_url(args.port, baudrate=115200, timeout=0.1)
+    except serial.SerialException as e:
+        raise CommandError(f"cannot open {args.port}: {e}") from None
+    try:
+        info = HelmetLink(ser).wait_ready(timeout=args.timeout)
+    finally:
+        ser.close()
+    for k, v in info.items():
+        print(f"{k:14s} {v}")
+    return 0
+
+
+COMMANDS = {
+    "demo": (do_demo, _parser_demo,
+             "run the whole chain on synthetic EEG: train, export int8, flash a virtual helmet, verify"),
+    "helmet": (do_helmet, _parser_helmet, "start a virtual helmet (real MicroPython behind a pty) and print its port"),
+    "flash": (do_flash, _parser_flash, "copy firmware_py and a bundle to a helmet over the raw REPL, SHA-256 verified"),
+    "info": (do_info, _parser_info, "ask the helmet firmware for its version, protocol and memory"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="painhelm",
+        description="painhelm: train, compress, flash and verify an EEG pain-measuring helmet.",
+        epilog="Run `painhelm COMMAND --help` for a command's options.")
+    parser.add_argument("--version", action="version", version=f"painhelm {VERSION} (protocol v{PROTOCOL_VERSION})")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, factory, help_line) in COMMANDS.items():
+        factory(sub.add_parser(name, help=help_line, description=help_line))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    handler = COMMANDS[args.command][0]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("painhelm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - only user-facing types are swallowed below
+        if isinstance(e, _user_errors()):
+            sys.stdout.flush()
+            print(f"painhelm: {e}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""`painhelm demo`: the whole chain on synthetic data, ending in a report from a virtual helmet.
+
+synthetic EEG -> band powers -> topomaps -> train CNN-LSTM+attention -> export int8
+.tflite/.onnx -> bundle -> virtual helmet -> flash -> stream held-out windows over the
+serial link -> device reports -> float vs int8 vs device vs truth.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from painhelm.firmware.version import VERSION
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, n_subjects: int = 5,
+             windows_per_class: int = 16, max_test_windows: int | None = None,
+             heapsize: str = "512K", port: str | None = None, seed: int = 0,
+             progress: bool | None = None) -> dict:
+    """Run the demo; return the summary dict (also written as report.json).
+
+    ``port`` uses a real board instead of starting a virtual helmet.
+    """
+    from painhelm.compress.bundle import write_bundle
+    from painhelm.compress.export import TFLiteRunner, export_onnx, export_tflite
+    from painhelm.train.features import Preprocessing
+    from painhelm.train.synthetic import make_synthetic
+    from painhelm.train.trainer import predict, train_model
+
+    from . import report
+    from .flash import flash
+    from .image import device_image
+    from .link import HelmetLink
+    from .transport import SerialTransport
+    from .virtual_helmet import VirtualHelmet
+
+    if progress is None:
+        progress = sys.stderr.isatty()
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    t_start = time.monotonic()
+
+    _say(f"[1/7] synthetic pain EEG: {n_subjects} subjects, seed {seed}")
+    ws = make_synthetic(n_subjects=n_subjects, windows_per_class=windows_per_class, seed=seed)
+    test_subject = n_subjects - 1
+    train, test = ws.subset(ws.subject != test_subject), ws.subset(ws.subject == test_subject)
+    if max_test_windows:
+        test = test.subset(np.arange(min(max_test_windows, len(test))))
+
+    _say(f"[2/7] band powers and {16}x{16} topomaps: {len(train)} training windows, "
+         f"{len(test)} held-out windows (subject S{test_subject + 1})")
+    pre = Preprocessing.fit(train.data, ws.sfreq, ws.ch_names)
+    x_train, x_test = pre.images(train.data), pre.images(test.data)
+
+    _say(f"[3/7] training CNN-LSTM+attention for up to {seconds:.0f} s")
+    model, history = train_model(x_train, train.level, train.location, seconds=seconds, seed=seed,
+                                 progress=progress)
+    model_dir = out / "model"
+    model_dir.mkdir(exist_ok=True)
+    torch.save({"model": model.state_dict(), "model_args": model.cfg.to_dict(), "history": history},
+               model_dir / "model.pt")
+
+    _say("[4/7] exporting int8 .tflite and .onnx (each re-loaded and checked in its runtime)")
+    export_dir = out / "export"
+    calib = x_train[np.random.default_rng(seed).permutation(len(x_train))[:128]]
+    tfl = export_tflite(model, calib, export_dir)
+    onx = export_onnx(model, calib, export_dir)
+    runner = TFLiteRunner(tfl["int8"])
+    bundle_dir = write_bundle(out / "bundle", tfl["int8"], pre, ws.level_names, ws.location_names,
+                              runner.input_scale, runner.input_zero_point)
+
+    float_logits = predict(model, x_test)
+    int8_level, int8_loc = runner.predict(x_test)
+    preds = {
+        "level": {"truth": test.level, "float": float_logits["level"].argmax(1), "int8": int8_level.argmax(1)},
+        "location": {"truth": test.location, "float": float_logits["location"].argmax(1), "int8": int8_loc.argmax(1)},
+    }
+
+    fs_dir = out / "helmet_fs"
+    helmet = None
+    if port is None:
+        fs_dir.mkdir(exist_ok=True)
+        helmet = VirtualHelmet(fs_dir, heapsize=heapsize)
+        helmet.start()
+        port = helmet.port
+        _say(f"[5/7] virtual helmet (MicroPython unix port, heap {heapsize}) on {port}")
+    else:
+        _say(f"[5/7] using the board on {port}")
+    try:
+        transport = SerialTransport(port, wait=5.0)
+        try:
+            image = device_image(bundle_dir)
+            _say(f"[6/7] flashing {len(image)} files ({sum(map(len, image.values())) // 1024} KiB) over the raw REPL")
+            flash_summary = flash(transport, image, progress=_bar("flash") if progress else None, reset=True)
+            link = HelmetLink(transport.serial, timeout=60.0)
+            info = link.wait_ready(timeout=60.0)
+            if info.get("bundle_error"):
+                raise RuntimeError(f"the helmet refused the bundle: {info['bundle_error']}")
+            _say(f"[7/7] streaming {len(test)} held-out windows to the helmet")
+            reports = []
+            it = range(len(test))
+            if progress:
+                from tqdm.auto import tqdm
+
+                it = tqdm(it, desc="device", leave=False)
+            for i in it:
+                reports.append(link.infer(test.data[i], ws.sfreq))
+        finally:
+            transport.close()
+    finally:
+        if helmet is not None:
+            helmet.stop()
+
+    dev_level_q = np.array([r["level_q"] for r in reports], dtype=np.int8)
+    dev_loc_q = np.array([r["location_q"] for r in reports], dtype=np.int8)
+    preds["level"]["device"] = np.array([r["level"] for r in reports])
+    preds["location"]["device"] = np.array([r["location"] for r in reports])
+    host_level_q, host_loc_q = runner.predict_int8(runner.quantize(x_test))
+    heads = {h: report.compare_head(p) for h, p in preds.items()}
+    logits_equal = float(np.mean(np.concatenate([(dev_level_q == host_level_q).ravel(),
+                                                 (dev_loc_q == host_loc_q).ravel()])))
+    infer_ms = np.array([r["infer_us"] for r in reports]) / 1000.0
+    png = report.plot_confusions(out / "confusion.png", {
+        "level: device": (report.confusion(test.level, preds["level"]["device"], 4), ws.level_names),
+        "location: device": (report.confusion(test.location, preds["location"]["device"], 2), ws.location_names),
+        "level: float": (report.confusion(test.level, preds["level"]["float"], 4), ws.level_names),
+    })
+    summary = {
+        "firmware": VERSION,
+        "data": f"synthetic-pain, {n_subjects} subjects; trained on S1-S{n_subjects - 1}, tested on held-out S{n_subjects}",
+        "held-out windows": len(test),
+        "device": f"virtual helmet, MicroPython unix port, heap {heapsize}" if helmet else port,
+        "device int8 logits identical to host int8 (LiteRT)": f"{100 * logits_equal:.2f} %",
+        "device inference time per window (median)": f"{np.median(infer_ms):.0f} ms",
+        "flash": f"{len(flash_summary.get('written', []))} files written, {len(flash_summary.get('skipped', []))} unchanged",
+        "model": str(model_dir / "model.pt"),
+        "int8 tflite": str(tfl["int8"]),
+        "fp32 tflite": str(tfl["fp32"]),
+        "int8 onnx": str(onx["int8"]),
+        "fp32 onnx": str(onx["fp32"]),
+        "bundle": str(bundle_dir),
+        "total time": f"{time.monotonic() - t_start:.0f} s",
+    }
+    paths = report.write_report(out, "painhelm demo: float vs int8 vs device", summary, heads, png)
+    _say("")
+    _say(report.text_table(heads))
+    _say("")
+    for k in ("device int8 logits identical to host int8 (LiteRT)", "device inference time per window (median)",
+              "total time"):
+        _say(f"{k}: {summary[k]}")
+    _say(f"artifacts in {out}:")
+    for k in ("model", "int8 tflite", "int8 onnx", "bundle"):
+        _say(f"  {k:12s} {summary[k]}")
+    _say(f"  {'report':12s} {paths['md']}  (also {paths['html'].name}, {png.name})")
+    (out / "device_reports.json").write_text(json.dumps(reports))
+    return {"summary": summary, "heads": heads, "paths": paths, "logits_equal": logits_equal}
+
+
+def _bar(desc: str):
+    """A progress callback ``(done, total)`` drawing a tqdm bar."""
+    from tqdm.auto import tqdm
+
+    state: dict = {}
+
+    def cb(done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
+        bar = state["bar"]
+        bar.total = total
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+            state.clear()
+
+    return cb
