@@ -80,18 +80,20 @@ class Helmet:
         self.inv_std = array("f", [1.0 / s for s in pre["std"]])
         self.interp = interp.Interpreter(model)
         n_in = self.n_frames * self.n_bands * self.n_pix
-        if self.interp.input_size != n_in:
-            raise bundle.BundleError("model input has %d values, preproc makes %d"
-                                     % (self.interp.input_size, n_in))
+        shape = tuple(self.interp.input_shape)
+        if shape != (1, self.n_frames, self.n_bands, pre["image_size"], pre["image_size"]):
+            raise bundle.BundleError("model input is %s, preproc makes (1, %d, %d, %d, %d)"
+                                     % (shape, self.n_frames, self.n_bands, pre["image_size"], pre["image_size"]))
         self.scale = pre["input_scale"]
         self.zero_point = pre["input_zero_point"]
         n_levels = len(pre["level_names"])
         n_locations = len(pre["location_names"])
         self.level_out = self.location_out = -1
         for i, o in enumerate(self.interp.outputs):
-            if o["size"] == n_levels and self.level_out < 0:
+            width = o["shape"][-1]
+            if width == n_levels and self.level_out < 0:
                 self.level_out = i
-            elif o["size"] == n_locations:
+            elif width == n_locations:
                 self.location_out = i
         if self.level_out < 0 or self.location_out < 0:
             raise bundle.BundleError("model outputs do not match %d levels and %d locations"
@@ -135,7 +137,7 @@ def info(helmet, error=None):
     if hasattr(gc, "mem_free"):
         d["mem_free"] = gc.mem_free()
     if helmet is not None:
-        d["model_inputs"] = helmet.interp.input_size
+        d["model_input"] = list(helmet.interp.input_shape)
         d["ch_names"] = helmet.pre["ch_names"]
     if error:
         d["bundle_error"] = error

@@ -10,6 +10,7 @@ One definition of the on-device layout, shared by the host writer
                     bundle without a manifest is an interrupted copy and is not used
 """
 
+import gc
 import json
 from array import array
 from binascii import hexlify
@@ -20,7 +21,7 @@ except ImportError:  # a port built without hashlib: trust the flasher's check
     sha256 = None
 
 BUNDLE_VERSION = 0
-BUNDLE_DIR = "bundle"
+BUNDLE_DIR = "model_bundle"  # not "bundle": MicroPython would import that folder instead of bundle.py
 MODEL_FILE = "model.tflite"
 PREPROC_FILE = "preproc.json"
 TOPOMAP_FILE = "topomap.f32"
@@ -51,29 +52,58 @@ def load(root=BUNDLE_DIR):
         raise BundleError("bundle version %s, this firmware reads %d"
                           % (manifest.get("bundle_version"), BUNDLE_VERSION))
     files = manifest.get("files", {})
-    blobs = {}
+    buf = bytearray(512)
     for name in FILES:
-        blobs[name] = data = _read(root + "/" + name)
-        entry = files.get(name)
-        if entry is None or entry.get("size") != len(data):
-            raise BundleError("%s does not match the manifest (size %d)" % (name, len(data)))
-        if sha256 is not None and hexlify(sha256(data).digest()).decode() != entry.get("sha256"):
-            raise BundleError("%s does not match its SHA-256 in the manifest" % name)
-    pre = json.loads(blobs[PREPROC_FILE])
+        _check(root + "/" + name, files.get(name), buf)
+    pre = json.loads(_read(root + "/" + PREPROC_FILE, "r"))
     for k in PREPROC_KEYS:
         if k not in pre:
             raise BundleError("preproc.json lacks key " + k)
     n_ch = len(pre["ch_names"])
     n_pix = pre["image_size"] * pre["image_size"]
-    raw = blobs[TOPOMAP_FILE]
-    if len(raw) != 4 * n_pix * n_ch:
-        raise BundleError("topomap.f32 is %d bytes, expected %d" % (len(raw), 4 * n_pix * n_ch))
-    W = f32_array(raw)
-    return pre, W, blobs[MODEL_FILE]
+    if files[TOPOMAP_FILE]["size"] != 4 * n_pix * n_ch:
+        raise BundleError("topomap.f32 is %d bytes, expected %d" % (files[TOPOMAP_FILE]["size"], 4 * n_pix * n_ch))
+    gc.collect()  # the two big buffers below need contiguous heap
+    model = bytearray(files[MODEL_FILE]["size"])  # one allocation of the exact size
+    W = f32_array(bytearray(files[TOPOMAP_FILE]["size"]))
+    _read_into(root + "/" + TOPOMAP_FILE, W)
+    _read_into(root + "/" + MODEL_FILE, model)
+    return pre, W, model
+
+
+def _read_into(path, buf):
+    with open(path, "rb") as f:
+        f.readinto(buf)
+
+
+def _check(path, entry, buf):
+    """Size and SHA-256 of one file against its manifest entry, streamed through ``buf``."""
+    name = path.split("/")[-1]
+    if entry is None:
+        raise BundleError("%s is not in the manifest" % name)
+    h = sha256() if sha256 is not None else None
+    size = 0
+    mv = memoryview(buf)
+    try:
+        f = open(path, "rb")
+    except OSError:
+        raise BundleError("missing bundle file " + path)
+    with f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            size += n
+            if h is not None:
+                h.update(mv[:n])
+    if size != entry.get("size"):
+        raise BundleError("%s is %d bytes, the manifest says %s" % (name, size, entry.get("size")))
+    if h is not None and hexlify(h.digest()).decode() != entry.get("sha256"):
+        raise BundleError("%s does not match its SHA-256 in the manifest" % name)
 
 
 def f32_array(raw):
-    """array('f') from little-endian float32 bytes, on MicroPython and CPython alike."""
+    """array('f') holding little-endian float32 bytes ``raw``, on MicroPython and CPython."""
     try:
         return array("f", raw)  # MicroPython copies the raw bytes
     except TypeError:  # CPython wants frombytes

@@ -9,21 +9,10 @@ montage (azimuthal equidistant projection + Clough-Tocher interpolation, see
 (band, channel). Image layout is the model's: ``[frame][band][row][col]``.
 """
 
-from math import floor
-
-
-def quantize_value(x, scale, zero_point):
-    """int8 quantization rule shared by helmet and host: clamp(floor(x * (1/scale) + 0.5) + zp).
-
-    Multiplying by the reciprocal (not dividing) is part of the definition, so that the
-    host's numpy version rounds exactly like the helmet.
-    """
-    q = int(floor(x * (1.0 / scale) + 0.5)) + zero_point
-    if q < -128:
-        return -128
-    if q > 127:
-        return 127
-    return q
+try:
+    from .interp import quantize_value
+except ImportError:
+    from interp import quantize_value
 
 
 def images_int8(logbp, mean, inv_std, W, n_frames, n_bands, n_ch, n_pix, scale, zero_point, z, out):
@@ -44,7 +33,6 @@ def images_int8(logbp, mean, inv_std, W, n_frames, n_bands, n_ch, n_pix, scale, 
     out : array('b') or bytearray, length n_frames * n_bands * n_pix
         The model's int8 input.
     """
-    inv_scale = 1.0 / scale
     for fr in range(n_frames):
         for b in range(n_bands):
             src = (fr * n_bands + b) * n_ch
@@ -57,6 +45,5 @@ def images_int8(logbp, mean, inv_std, W, n_frames, n_bands, n_ch, n_pix, scale, 
                 acc = 0.0
                 for ch in range(n_ch):
                     acc += W[row + ch] * z[ch]
-                q = int(floor(acc * inv_scale + 0.5)) + zero_point
-                out[dst + p] = -128 if q < -128 else (127 if q > 127 else q)
+                out[dst + p] = quantize_value(acc, scale, zero_point)
     return out

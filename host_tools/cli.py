@@ -100,11 +100,13 @@ def _parser_flash(p: argparse.ArgumentParser) -> None:
 
 
 def do_flash(args) -> int:
-    from .flash import flash
     from .image import device_image
+
+    image = device_image(args.bundle)  # a missing bundle is reported before the port is touched
+
+    from .flash import flash
     from .transport import SerialTransport
 
-    image = device_image(args.bundle)
     t = SerialTransport(args.port, wait=3.0)
     try:
         summary = flash(t, image, progress=None, reset=not args.no_reset)

@@ -31,7 +31,7 @@ def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, n_subject
     ``port`` uses a real board instead of starting a virtual helmet.
     """
     from painhelm.compress.bundle import write_bundle
-    from painhelm.compress.export import TFLiteRunner, export_onnx, export_tflite
+    from painhelm.compress.export import TFLiteRunner, export_onnx, export_tflite, quantize_array
     from painhelm.train.features import Preprocessing
     from painhelm.train.synthetic import make_synthetic
     from painhelm.train.trainer import predict, train_model
@@ -125,7 +125,7 @@ def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, n_subject
     dev_loc_q = np.array([r["location_q"] for r in reports], dtype=np.int8)
     preds["level"]["device"] = np.array([r["level"] for r in reports])
     preds["location"]["device"] = np.array([r["location"] for r in reports])
-    host_level_q, host_loc_q = runner.predict_int8(runner.quantize(x_test))
+    host_level_q, host_loc_q = runner.predict_int8(quantize_array(x_test, runner.input_scale, runner.input_zero_point))
     heads = {h: report.compare_head(p) for h, p in preds.items()}
     logits_equal = float(np.mean(np.concatenate([(dev_level_q == host_level_q).ravel(),
                                                  (dev_loc_q == host_loc_q).ravel()])))
@@ -167,14 +167,14 @@ def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, n_subject
 
 
 def _bar(desc: str):
-    """A progress callback ``(done, total)`` drawing a tqdm bar."""
+    """A flash progress callback ``(path, done, total)`` drawing one tqdm bar per file."""
     from tqdm.auto import tqdm
 
     state: dict = {}
 
-    def cb(done: int, total: int) -> None:
+    def cb(path: str, done: int, total: int) -> None:
         if "bar" not in state:
-            state["bar"] = tqdm(total=total, desc=desc, unit="B", unit_scale=True, leave=False)
+            state["bar"] = tqdm(total=total, desc=f"{desc} {path}", unit="B", unit_scale=True, leave=False)
         bar = state["bar"]
         bar.total = total
         bar.update(done - bar.n)

@@ -92,7 +92,11 @@ class FrameAttention(nn.Module):
     def forward(self, hs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         B, T, Hd = hs.shape
         a = torch.softmax(self.score(hs).reshape(B, T), dim=-1)  # (B, T)
-        context = (a.reshape(B, T, 1) * hs).sum(dim=1)  # (B, Hd)
+        # Unrolled weighted sum over frames (MUL + ADD only): int8 SUM kernels disagree
+        # between LiteRT's reference and optimized builds, so the export avoids SUM.
+        context = a[:, 0:1] * hs[:, 0]
+        for t in range(1, T):
+            context = context + a[:, t : t + 1] * hs[:, t]  # (B, Hd)
         return context, a
 
 

@@ -67,9 +67,3 @@ def images(logbp: np.ndarray, mean: np.ndarray, std: np.ndarray, W: np.ndarray) 
     img = np.einsum("wfbc,pc->wfbp", z, W.astype(np.float64))
     size = int(round(np.sqrt(W.shape[0])))
     return img.reshape(*img.shape[:3], size, size).astype(np.float32)
-
-
-def quantize(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """numpy version of ``painhelm.firmware.topomap.quantize_value`` (same formula)."""
-    q = np.floor(np.asarray(x, dtype=np.float64) * (1.0 / scale) + 0.5) + zero_point
-    return np.clip(q, -128, 127).astype(np.int8)

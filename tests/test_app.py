@@ -1,0 +1,92 @@
+"""The helmet application: bundle loading and window -> report, on CPython and MicroPython."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from painhelm.firmware import app, bundle, wire
+from painhelm.host_tools.image import firmware_files
+
+from .mpy import run_micropython
+
+
+def _payload(window, sfreq):
+    n_ch, n_times = window.shape
+    return wire.pack_window(np.ascontiguousarray(window, "<f4").tobytes(), n_ch, n_times, sfreq)
+
+
+def test_cpython_reports_equal_host_int8(tiny_bundle):
+    """On CPython (Raspberry Pi path) the firmware's int8 logits equal LiteRT's, window by window."""
+    h = app.Helmet(str(tiny_bundle["bundle"]))
+    for i in range(6):
+        r = wire.unpack_report(h.infer(_payload(tiny_bundle["test"].data[i], tiny_bundle["sfreq"])))
+        assert r["level_q"] == tiny_bundle["level_q"][i].tolist()
+        assert r["location_q"] == tiny_bundle["location_q"][i].tolist()
+        assert r["level"] == int(np.argmax(tiny_bundle["level_q"][i])) and 0 < r["level_conf"] <= 255
+
+
+def test_micropython_reports_equal_host_int8(tiny_bundle, tmp_path):
+    """Under MicroPython (512K heap) the app computes the same int8 logits from raw samples."""
+    for name, data in firmware_files().items():
+        (tmp_path / name).write_bytes(data)
+    shutil.copytree(tiny_bundle["bundle"], tmp_path / bundle.BUNDLE_DIR)
+    n = 4
+    with open(tmp_path / "windows.bin", "wb") as f:
+        for i in range(n):
+            f.write(_payload(tiny_bundle["test"].data[i], tiny_bundle["sfreq"]))
+    size = len(_payload(tiny_bundle["test"].data[0], tiny_bundle["sfreq"]))
+    code = (
+        "import app, wire, gc\n"
+        "h = app.Helmet()\ngc.collect()\nprint('mem', gc.mem_alloc())\n"
+        "f = open('windows.bin', 'rb')\n"
+        "for i in range(%d):\n"
+        "    r = wire.unpack_report(h.infer(f.read(%d)))\n"
+        "    print(r['level_q'], r['location_q'])\n" % (n, size)
+    )
+    lines = run_micropython(code, cwd=tmp_path, heapsize="512K", path=[tmp_path]).strip().splitlines()
+    print(lines.pop(0))  # heap in use after loading, shown with -s
+    assert len(lines) == n
+    for i, line in enumerate(lines):
+        lq, cq = line.replace("] [", "]|[").split("|")
+        assert json.loads(lq) == tiny_bundle["level_q"][i].tolist()
+        assert json.loads(cq) == tiny_bundle["location_q"][i].tolist()
+
+
+def test_tampered_bundle_is_refused(tiny_bundle, tmp_path):
+    """A bundle file that does not match its manifest SHA-256 is refused by name."""
+    b = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle["bundle"], b)
+    data = bytearray((b / bundle.MODEL_FILE).read_bytes())
+    data[100] ^= 0xFF
+    (b / bundle.MODEL_FILE).write_bytes(bytes(data))
+    with pytest.raises(bundle.BundleError, match="model.tflite"):
+        app.Helmet(str(b))
+
+
+def test_missing_manifest_means_no_bundle(tiny_bundle, tmp_path):
+    """An interrupted copy (no manifest yet) is not used."""
+    b = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle["bundle"], b)
+    (b / bundle.MANIFEST_FILE).unlink()
+    with pytest.raises(bundle.BundleError, match="manifest"):
+        app.Helmet(str(b))
+
+
+def test_serve_answers_ping_infer_and_unknown(tiny_bundle):
+    """serve() announces itself, answers PING, INFER, and unknown types with an error frame."""
+    import io
+
+    test = tiny_bundle["test"]
+    stream = (wire.encode_line(wire.MSG_PING, 1) + wire.encode_line(wire.MSG_INFER, 2, _payload(test.data[0], 128.0))
+              + wire.encode_line(0x55, 3) + b"$garbage\n")
+    out = io.BytesIO()
+    app.serve(io.BytesIO(stream), out, root=str(tiny_bundle["bundle"]))
+    got = []
+    wire.LineParser(lambda t, s, p: got.append((t, s, bytes(p))), None, None).feed(out.getvalue())
+    assert [(t, s) for t, s, _ in got] == [(wire.MSG_PONG, 0), (wire.MSG_PONG, 1), (wire.MSG_REPORT, 2),
+                                           (wire.MSG_ERROR, 3), (wire.MSG_ERROR, 0)]
+    assert json.loads(got[1][2])["protocol"] == wire.PROTOCOL_VERSION
+    assert wire.unpack_error(got[3][2])[0] == wire.ERR_UNKNOWN_TYPE
+    assert wire.unpack_error(got[4][2])[0] == wire.ERR_BAD_FRAME
