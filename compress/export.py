@@ -11,7 +11,11 @@ value, whereas the XNNPACK delegate and the optimized builtins requantize differ
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +208,25 @@ def _calibrate_min_max(fp32_bytes: bytes, quant, calib: np.ndarray) -> dict:
     return cal.get_model_qsvs()
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Silence the converters' own progress prints, tracer warnings and ORT hints.
+
+    Their chatter would bury painhelm's progress lines; errors still propagate as
+    exceptions (and ExportError checks the results), so nothing is lost.
+    """
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
 def export_tflite(model: PainNet, calib_images: np.ndarray, out_dir: str | os.PathLike,
                   n_check: int = 8, min_agree: float = 0.75) -> dict:
     """Write model_fp32.tflite and full-int8 model_int8.tflite into out_dir; verify both.
@@ -212,8 +235,9 @@ def export_tflite(model: PainNet, calib_images: np.ndarray, out_dir: str | os.Pa
     "fp32_max_abs_err": float, "int8_argmax_agreement": float, "input_scale": float,
     "input_zero_point": int}.
     """
-    import litert_torch
-    from ai_edge_quantizer import quantizer, recipe
+    with _quiet():  # importing them logs optional-kernel warnings irrelevant on a CPU host
+        import litert_torch
+        from ai_edge_quantizer import quantizer, recipe
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -221,13 +245,15 @@ def export_tflite(model: PainNet, calib_images: np.ndarray, out_dir: str | os.Pa
     model = model.eval()
     sample = torch.from_numpy(calib[:1])
     fp32_path, int8_path = out / TFLITE_FP32, out / TFLITE_INT8
-    litert_torch.convert(ExportWrapper(model).eval(), (sample,)).export(str(fp32_path))
+    with _quiet():
+        litert_torch.convert(ExportWrapper(model).eval(), (sample,)).export(str(fp32_path))
     fp32_bytes = fp32_path.read_bytes()
 
     quant = quantizer.Quantizer(fp32_bytes)
     quant.load_quantization_recipe(recipe.static_wi8_ai8())  # int8 acts, per-channel int8 weights
-    qsvs = _calibrate_min_max(fp32_bytes, quant, calib)
-    int8_path.write_bytes(bytes(quant.quantize(qsvs, enable_progress_report=False).quantized_model))
+    with _quiet():
+        qsvs = _calibrate_min_max(fp32_bytes, quant, calib)
+        int8_path.write_bytes(bytes(quant.quantize(qsvs, enable_progress_report=False).quantized_model))
 
     ops = tflite_op_names(int8_path)
     bad = sorted(set(ops) & (_FLOAT_OPS | {"WHILE"}))
@@ -271,15 +297,16 @@ def export_onnx(model: PainNet, calib_images: np.ndarray, out_dir: str | os.Path
     calib = np.ascontiguousarray(calib_images, np.float32)
     model = model.eval()
     fp32_path, int8_path = out / ONNX_FP32, out / ONNX_INT8
-    torch.onnx.export(ExportWrapper(model).eval(), (torch.from_numpy(calib[:1]),), str(fp32_path),
-                      input_names=["images"], output_names=["level_logits", "location_logits"],
-                      opset_version=17, dynamo=False)
-    pre_path = out / "model_fp32_pre.onnx"
-    quant_pre_process(str(fp32_path), str(pre_path))
-    quantize_static(str(pre_path), str(int8_path), _CalibReader("images", calib),
-                    quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
+    with _quiet():
+        torch.onnx.export(ExportWrapper(model).eval(), (torch.from_numpy(calib[:1]),), str(fp32_path),
+                          input_names=["images"], output_names=["level_logits", "location_logits"],
+                          opset_version=17, dynamo=False)
+        pre_path = out / "model_fp32_pre.onnx"
+        quant_pre_process(str(fp32_path), str(pre_path))
+        quantize_static(str(pre_path), str(int8_path), _CalibReader("images", calib),
+                        quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax)
     pre_path.unlink()
     x = calib[:n_check]
     ref = _torch_logits(model, x)
