@@ -111,12 +111,12 @@ def do_flash(args) -> int:
 
     image = device_image(args.bundle)  # a missing bundle is reported before the port is touched
 
-    from .flash import flash
+    from .flash import flash, progress_bar
     from .transport import SerialTransport
 
     t = SerialTransport(args.port, wait=3.0)
     try:
-        summary = flash(t, image, progress=None, reset=not args.no_reset)
+        summary = flash(t, image, progress=progress_bar() if sys.stderr.isatty() else None, reset=not args.no_reset)
     finally:
         t.close()
     written, skipped = summary.get("written", []), summary.get("skipped", [])

@@ -22,6 +22,25 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
+class _Stages:
+    """Wall time per numbered stage, for the report and the benchmark."""
+
+    def __init__(self):
+        self.t = time.monotonic()
+        self.name: str | None = None
+        self.seconds: dict[str, float] = {}
+
+    def start(self, name: str, msg: str) -> None:
+        self.stop()
+        self.name, self.t = name, time.monotonic()
+        _say(msg)
+
+    def stop(self) -> None:
+        if self.name is not None:
+            self.seconds[self.name] = round(time.monotonic() - self.t, 1)
+            self.name = None
+
+
 def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, max_epochs: int = 80,
              n_subjects: int = 5, windows_per_class: int = 24, max_test_windows: int | None = None,
              heapsize: str = "512K", port: str | None = None, seed: int = 0,
@@ -37,7 +56,7 @@ def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, max_epoch
     from painhelm.train.trainer import predict, train_model
 
     from . import report
-    from .flash import flash
+    from .flash import flash, progress_bar
     from .image import device_image
     from .link import HelmetLink
     from .transport import SerialTransport
@@ -49,8 +68,9 @@ def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, max_epoch
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     t_start = time.monotonic()
+    stages = _Stages()
 
-    _say(f"[1/7] synthetic pain EEG: {n_subjects} subjects, seed {seed}")
+    stages.start("data", f"[1/7] synthetic pain EEG: {n_subjects} subjects, seed {seed}")
     ws = make_synthetic(n_subjects=n_subjects, windows_per_class=windows_per_class, seed=seed)
     test_subject = n_subjects - 1
     train, test = ws.subset(ws.subject != test_subject), ws.subset(ws.subject == test_subject)
@@ -58,11 +78,11 @@ def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, max_epoch
         test = test.subset(np.arange(min(max_test_windows, len(test))))
 
     pre = Preprocessing.fit(train.data, ws.sfreq, ws.ch_names)
-    _say(f"[2/7] band powers and {pre.image_size}x{pre.image_size} topomaps: {len(train)} training windows, "
+    stages.start("features", f"[2/7] band powers and {pre.image_size}x{pre.image_size} topomaps: {len(train)} training windows, "
          f"{len(test)} held-out windows (subject S{test_subject + 1})")
     x_train, x_test = pre.images(train.data), pre.images(test.data)
 
-    _say(f"[3/7] training CNN-LSTM+attention for up to {seconds:.0f} s / {max_epochs} epochs")
+    stages.start("train", f"[3/7] training CNN-LSTM+attention for up to {seconds:.0f} s / {max_epochs} epochs")
     model, history = train_model(x_train, train.level, train.location, seconds=seconds, max_epochs=max_epochs,
                                  seed=seed, progress=progress)
     model_dir = out / "model"
@@ -70,7 +90,7 @@ def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, max_epoch
     torch.save({"model": model.state_dict(), "model_args": model.cfg.to_dict(), "history": history},
                model_dir / "model.pt")
 
-    _say("[4/7] exporting int8 .tflite and .onnx (each re-loaded and checked in its runtime)")
+    stages.start("export", "[4/7] exporting int8 .tflite and .onnx (each re-loaded and checked in its runtime)")
     export_dir = out / "export"
     calib = x_train[np.random.default_rng(seed).permutation(len(x_train))[:128]]
     tfl = export_tflite(model, calib, export_dir)
@@ -93,20 +113,20 @@ def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, max_epoch
         helmet = VirtualHelmet(fs_dir, heapsize=heapsize)
         helmet.start()
         port = helmet.port
-        _say(f"[5/7] virtual helmet (MicroPython unix port, heap {heapsize}) on {port}")
+        stages.start("helmet", f"[5/7] virtual helmet (MicroPython unix port, heap {heapsize}) on {port}")
     else:
-        _say(f"[5/7] using the board on {port}")
+        stages.start("helmet", f"[5/7] using the board on {port}")
     try:
         transport = SerialTransport(port, wait=5.0)
         try:
             image = device_image(bundle_dir)
-            _say(f"[6/7] flashing {len(image)} files ({sum(map(len, image.values())) // 1024} KiB) over the raw REPL")
-            flash_summary = flash(transport, image, progress=_bar("flash") if progress else None, reset=True)
+            stages.start("flash", f"[6/7] flashing {len(image)} files ({sum(map(len, image.values())) // 1024} KiB) over the raw REPL")
+            flash_summary = flash(transport, image, progress=progress_bar() if progress else None, reset=True)
             link = HelmetLink(transport.serial, timeout=60.0)
             info = link.wait_ready(timeout=60.0)
             if info.get("bundle_error"):
                 raise RuntimeError(f"the helmet refused the bundle: {info['bundle_error']}")
-            _say(f"[7/7] streaming {len(test)} held-out windows to the helmet")
+            stages.start("stream", f"[7/7] streaming {len(test)} held-out windows to the helmet")
             reports = []
             it = range(len(test))
             if progress:
@@ -121,6 +141,7 @@ def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, max_epoch
         if helmet is not None:
             helmet.stop()
 
+    stages.stop()
     dev_level_q = np.array([r["level_q"] for r in reports], dtype=np.int8)
     dev_loc_q = np.array([r["location_q"] for r in reports], dtype=np.int8)
     preds["level"]["device"] = np.array([r["level"] for r in reports])
@@ -152,6 +173,7 @@ def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, max_epoch
         "fp32 onnx": str(onx["fp32"]),
         "bundle": str(bundle_dir),
         "total time": f"{time.monotonic() - t_start:.0f} s",
+        "seconds per stage": ", ".join(f"{k} {v:.0f}" for k, v in stages.seconds.items()),
     }
     paths = report.write_report(out, "painhelm demo: float vs int8 vs device", summary, heads, png)
     _say("")
@@ -165,23 +187,5 @@ def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, max_epoch
         _say(f"  {k:12s} {summary[k]}")
     _say(f"  {'report':12s} {paths['md']}  (also {paths['html'].name}, {png.name})")
     (out / "device_reports.json").write_text(json.dumps(reports))
-    return {"summary": summary, "heads": heads, "paths": paths, "logits_equal": logits_equal}
-
-
-def _bar(desc: str):
-    """A flash progress callback ``(path, done, total)`` drawing one tqdm bar per file."""
-    from tqdm.auto import tqdm
-
-    state: dict = {}
-
-    def cb(path: str, done: int, total: int) -> None:
-        if "bar" not in state:
-            state["bar"] = tqdm(total=total, desc=f"{desc} {path}", unit="B", unit_scale=True, leave=False)
-        bar = state["bar"]
-        bar.total = total
-        bar.update(done - bar.n)
-        if done >= total:
-            bar.close()
-            state.clear()
-
-    return cb
+    return {"summary": summary, "heads": heads, "paths": paths, "logits_equal": logits_equal,
+            "stage_seconds": stages.seconds, "max_logit_diff": max_diff}

@@ -17,7 +17,7 @@ from typing import Callable, Mapping
 
 from .transport import SerialTransport, TransportError
 
-__all__ = ["FlashError", "device_path", "flash"]
+__all__ = ["FlashError", "device_path", "flash", "progress_bar"]
 
 Progress = Callable[[str, int, int], None]
 
@@ -92,3 +92,22 @@ def _write_verified(
         # Some filesystems (FAT) refuse to rename over an existing file.
         transport.fs_remove(path, missing_ok=True)
         transport.fs_rename(tmp, path)
+
+
+def progress_bar(desc: str = "flash") -> Progress:
+    """A flash progress callback ``(path, done, total)`` drawing one tqdm bar per file."""
+    from tqdm.auto import tqdm
+
+    state: dict = {}
+
+    def cb(path: str, done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = tqdm(total=total, desc=f"{desc} {path}", unit="B", unit_scale=True, leave=False)
+        bar = state["bar"]
+        bar.total = total
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+            state.clear()
+
+    return cb
