@@ -32,7 +32,12 @@ def write_result(name: str, figures: dict) -> Path:
     """Write results/NAME.json and return its path."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    rec = {"name": name, "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    script = Path(sys.argv[0])
+    if script.parent.name == "bench":  # run as `python -m bench.NAME` from the repo root
+        cmd = [".venv/bin/python", "-m", f"bench.{script.stem}", *sys.argv[1:]]
+    else:
+        cmd = [Path(sys.executable).name, *sys.argv]
+    rec = {"name": name, "command": " ".join(cmd),
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "machine": machine(), "figures": figures}
     path.write_text(json.dumps(rec, indent=1) + "\n")

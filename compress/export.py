@@ -15,6 +15,8 @@ import contextlib
 import io
 import logging
 import os
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -210,21 +212,33 @@ def _calibrate_min_max(fp32_bytes: bytes, quant, calib: np.ndarray) -> dict:
 
 @contextlib.contextmanager
 def _quiet():
-    """Silence the converters' own progress prints, tracer warnings and ORT hints.
+    """Silence the converters' own progress prints, log lines and warnings.
 
-    Their chatter would bury painhelm's progress lines; errors still propagate as
-    exceptions (and ExportError checks the results), so nothing is lost.
+    Their chatter (Python prints, loggers with their own handlers, and C++ lines written
+    straight to file descriptor 2) would bury painhelm's progress lines. Errors still
+    propagate as exceptions, and if one does, what was silenced is printed after all.
     """
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
-                contextlib.redirect_stderr(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        logging.disable(logging.WARNING)
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()) as out, \
+                    contextlib.redirect_stderr(io.StringIO()) as err:
+                warnings.simplefilter("ignore")
+                try:
+                    yield
+                except BaseException:
+                    os.dup2(saved, 2)
+                    sink.seek(0)
+                    sys.stderr.write(out.getvalue()[-2000:] + err.getvalue()[-2000:]
+                                     + sink.read().decode(errors="replace")[-2000:])
+                    raise
+        finally:
+            logging.disable(logging.NOTSET)
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def export_tflite(model: PainNet, calib_images: np.ndarray, out_dir: str | os.PathLike,
