@@ -142,8 +142,12 @@ class LineParser:
         if n and line[n - 1] == 0x0D:  # tolerate CRLF from consoles
             n -= 1
             line = self._mv[:n]
-        # a frame may follow REPL noise on the same line (e.g. after a prompt)
-        i = bytes(line).find(b"$") if n else -1
+        # a frame may follow REPL noise on the same line (e.g. after a prompt); the common
+        # case, a line that starts with '$', is decided without copying the line
+        if n and line[0] == _LINE_START:
+            i = 0
+        else:
+            i = bytes(line).find(b"$") if n else -1
         if i < 0:
             if self.handle_text is not None and n:
                 self.handle_text(bytes(line))
