@@ -25,6 +25,7 @@ import torch
 
 from ..firmware.interp import quantize_value  # noqa: F401  (the shared rule, re-exported)
 from ..train.model import ExportWrapper, PainNet
+from ..train.trainer import predict
 
 TFLITE_FP32 = "model_fp32.tflite"
 TFLITE_INT8 = "model_int8.tflite"
@@ -164,9 +165,8 @@ class TFLMRunner:
 
 
 def _torch_logits(model: PainNet, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    with torch.no_grad():
-        logits, _ = model.eval()(torch.from_numpy(np.asarray(x, np.float32)))
-    return logits["level"].numpy(), logits["location"].numpy()
+    p = predict(model, np.asarray(x, np.float32))
+    return p["level"], p["location"]
 
 
 def _check_fp32(name: str, got: tuple, ref: tuple, atol: float = 1e-3) -> float:
