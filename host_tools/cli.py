@@ -24,7 +24,9 @@ def _user_errors():
     """Exception types that mean 'tell the user', collected lazily to keep --help fast."""
     from .link import LinkError
 
-    types = [CommandError, LinkError, FileNotFoundError]
+    from painhelm.train.dataset import DataError
+
+    types = [CommandError, LinkError, FileNotFoundError, DataError]
     for mod, names in (("transport", ("TransportError",)), ("flash", ("FlashError",)),
                        ("virtual_helmet", ("VirtualHelmetError",))):
         try:
@@ -149,12 +151,17 @@ def do_info(args) -> int:
     return 0
 
 
+# --- data ---------------------------------------------------------------------------
+
+from .data_cmd import do_data, parser_data  # noqa: E402 - grouped with its section
+
 COMMANDS = {
     "demo": (do_demo, _parser_demo,
              "run the whole chain on synthetic EEG: train, export int8, flash a virtual helmet, verify"),
     "helmet": (do_helmet, _parser_helmet, "start a virtual helmet (real MicroPython behind a pty) and print its port"),
     "flash": (do_flash, _parser_flash, "copy firmware_py and a bundle to a helmet over the raw REPL, SHA-256 verified"),
     "info": (do_info, _parser_info, "ask the helmet firmware for its version, protocol and memory"),
+    "data": (do_data, parser_data, "check recordings (`data check PATH`) and draw a trial's topomaps (`data show`)"),
 }
 
 
