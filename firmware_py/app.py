@@ -76,6 +76,7 @@ class Helmet:
         self.n_pix = pre["image_size"] * pre["image_size"]
         self.sfreq = pre["sfreq"]
         self.W = W
+        self.mask = topomap.head_mask(W, self.n_pix, n_ch)
         self.mean = array("f", pre["mean"])
         self.inv_std = array("f", [1.0 / s for s in pre["std"]])
         self.interp = interp.Interpreter(model)
@@ -116,7 +117,7 @@ class Helmet:
         self.bp.compute(self._x, self._logbp)
         topomap.images_int8(self._logbp, self.mean, self.inv_std, self.W, self.n_frames,
                             self.n_bands, self.n_ch, self.n_pix, self.scale, self.zero_point,
-                            self._z, self._input)
+                            self._z, self._input, self.mask)
         self.interp.invoke(self._input)
         lo = self.interp.outputs[self.level_out]
         co = self.interp.outputs[self.location_out]

@@ -1,0 +1,112 @@
+"""Built-in datasets by name (``--dataset NAME``), loaded once and then read from the cache.
+
+========================  ==========================================================  ========
+name                      what                                                        needs
+========================  ==========================================================  ========
+``synthetic-pain``        generated pain EEG, 5 subjects, 4 levels x 2 locations      nothing
+``physionet-mi``          PhysioNet motor movement/imagery S001, runs R03-R10         files
+``laser-pain-features``   laser-pain band powers, 5 participants, low vs high pain    files
+========================  ==========================================================  ========
+
+The real datasets live in ``../shared/data`` (see its README); ``PAINHELM_SHARED_DATA``
+points elsewhere. The product never requires them: ``synthetic-pain`` is the default.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .dataset import BandPowerTrials, DataError, Trials
+
+DEFAULT_DATASET = "synthetic-pain"
+
+
+def shared_data_dir() -> Path:
+    """Where the real datasets are looked for: ``$PAINHELM_SHARED_DATA`` or ``../shared/data``."""
+    env = os.environ.get("PAINHELM_SHARED_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to load one built-in dataset and how it is featurised by default."""
+
+    name: str
+    description: str
+    loader: Callable[..., Trials | BandPowerTrials]
+    n_frames: int  # default frames per trial
+    folder: str | None = None  # subfolder of the shared data, None when generated
+    split: str = "subject"  # what cross-validation folds over: subject or session
+
+
+def _synthetic(**params) -> Trials:
+    from .synthetic import make_synthetic
+
+    return make_synthetic(**params)
+
+
+def _physionet(**params) -> Trials:
+    from .physionet_mi import load_physionet_mi
+
+    params.setdefault("root", shared_data_dir() / "eegmmidb")
+    return load_physionet_mi(**params)
+
+
+def _laser(**params) -> BandPowerTrials:
+    from .laser_pain import load_laser_pain_features
+
+    root = params.pop("root", shared_data_dir() / "laser-pain-features")
+    return load_laser_pain_features(root, **params)
+
+
+DATASETS = {
+    spec.name: spec for spec in (
+        DatasetSpec("synthetic-pain", "synthetic pain EEG (no files needed): 4 pain levels x left/right hand",
+                    _synthetic, n_frames=4),
+        DatasetSpec("physionet-mi", "PhysioNet EEG motor movement/imagery, subject S001, runs R03-R10 "
+                    "(left/right fist, both fists, feet)", _physionet, n_frames=7, folder="eegmmidb",
+                    split="session"),
+        DatasetSpec("laser-pain-features", "laser pain band powers, 5 participants, low vs high "
+                    "(already band powers: enters after the DSP)", _laser, n_frames=1,
+                    folder="laser-pain-features"),
+    )
+}
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The spec of a built-in dataset; an unknown name lists the known ones."""
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise DataError(None, f"unknown dataset {name!r}; built-in datasets: {', '.join(DATASETS)}") from None
+
+
+def load_dataset(name: str = DEFAULT_DATASET, *, use_cache: bool = True, **params) -> Trials | BandPowerTrials:
+    """Load a built-in dataset; the processed table is cached on disk (see ``train/cache.py``).
+
+    ``params`` go to the dataset's loader (e.g. ``n_subjects``/``seed`` for synthetic-pain,
+    ``runs``/``tmax`` for physionet-mi, ``bands`` for laser-pain-features). The cache key
+    covers the parameters, the source files' contents and the loader's code.
+    """
+    import importlib
+
+    from .cache import make_key, memo
+    from .dataset import _TrialTable
+
+    spec = get_spec(name)
+    files: list[Path] = []
+    if spec.folder is not None:
+        root = Path(params.get("root") or shared_data_dir() / spec.folder)
+        if not root.exists():
+            raise DataError(root, f"dataset {name!r} needs this folder, which does not exist; set "
+                                  "PAINHELM_SHARED_DATA to the folder holding it (see ../shared/data/README.md)")
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+    mod_names = {"synthetic-pain": "synthetic", "physionet-mi": "physionet_mi", "laser-pain-features": "laser_pain"}
+    modules = (importlib.import_module(f"{__package__}.{mod_names[name]}"), importlib.import_module(f"{__package__}.dataset"))
+    key = make_key(f"dataset-{name}", {k: str(v) for k, v in params.items()}, files=files, modules=modules)
+    return memo(key, lambda: spec.loader(**params), _TrialTable.load, lambda v, p: v.save(p), use_cache)
