@@ -42,6 +42,8 @@ class DatasetSpec:
     n_frames: int  # default frames per trial
     folder: str | None = None  # subfolder of the shared data, None when generated
     split: str = "subject"  # what cross-validation folds over: subject or session
+    defaults: tuple = ()  # (param, value) pairs given to the loader unless overridden
+    modules: tuple = ()  # modules (under painhelm.train) whose code shapes the result: part of the cache key
 
 
 def _synthetic(**params) -> Trials:
@@ -67,13 +69,14 @@ def _laser(**params) -> BandPowerTrials:
 DATASETS = {
     spec.name: spec for spec in (
         DatasetSpec("synthetic-pain", "synthetic pain EEG (no files needed): 4 pain levels x left/right hand",
-                    _synthetic, n_frames=4),
+                    _synthetic, n_frames=4, modules=("synthetic",)),
         DatasetSpec("physionet-mi", "PhysioNet EEG motor movement/imagery, subject S001, runs R03-R10 "
                     "(left/right fist, both fists, feet)", _physionet, n_frames=7, folder="eegmmidb",
-                    split="session"),
+                    split="session", defaults=(("tmin", 0.5), ("n_times", 560)),  # 0.5-4 s: 7 frames of 0.5 s
+                    modules=("physionet_mi", "labels", "readers")),
         DatasetSpec("laser-pain-features", "laser pain band powers, 5 participants, low vs high "
                     "(already band powers: enters after the DSP)", _laser, n_frames=1,
-                    folder="laser-pain-features"),
+                    folder="laser-pain-features", modules=("laser_pain",)),
     )
 }
 
@@ -99,6 +102,7 @@ def load_dataset(name: str = DEFAULT_DATASET, *, use_cache: bool = True, **param
     from .dataset import _TrialTable
 
     spec = get_spec(name)
+    params = {**dict(spec.defaults), **params}
     files: list[Path] = []
     if spec.folder is not None:
         root = Path(params.get("root") or shared_data_dir() / spec.folder)
@@ -106,7 +110,6 @@ def load_dataset(name: str = DEFAULT_DATASET, *, use_cache: bool = True, **param
             raise DataError(root, f"dataset {name!r} needs this folder, which does not exist; set "
                                   "PAINHELM_SHARED_DATA to the folder holding it (see ../shared/data/README.md)")
         files = sorted(p for p in root.rglob("*") if p.is_file())
-    mod_names = {"synthetic-pain": "synthetic", "physionet-mi": "physionet_mi", "laser-pain-features": "laser_pain"}
-    modules = (importlib.import_module(f"{__package__}.{mod_names[name]}"), importlib.import_module(f"{__package__}.dataset"))
+    modules = [importlib.import_module(f"{__package__}.{m}") for m in spec.modules + ("dataset", "topomap")]
     key = make_key(f"dataset-{name}", {k: str(v) for k, v in params.items()}, files=files, modules=modules)
     return memo(key, lambda: spec.loader(**params), _TrialTable.load, lambda v, p: v.save(p), use_cache)

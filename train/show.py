@@ -12,6 +12,10 @@ from .features import Preprocessing
 from .topomap import azimuthal_equidistant, head_mask
 
 
+_BAND_NAMES = {(1.0, 4.0): "delta", (4.0, 8.0): "theta", (8.0, 13.0): "alpha", (13.0, 30.0): "beta",
+               (30.0, 45.0): "gamma"}
+
+
 def plot_trial_topomaps(pre: Preprocessing, images: np.ndarray, path: str | Path, title: str = "",
                         band_names: list[str] | None = None, frame_seconds: float | None = None) -> Path:
     """Write a PNG of one trial's images (n_frames, n_bands, G, G): one row per band.
@@ -30,10 +34,11 @@ def plot_trial_topomaps(pre: Preprocessing, images: np.ndarray, path: str | Path
     lo, hi = xy.min(axis=0), xy.max(axis=0)
     extent = (lo[0], hi[0], lo[1], hi[1])
     mask = head_mask(pre.W)
-    names = band_names or [f"{l:g}-{h:g} Hz" for l, h in pre.bands]
+    names = band_names or [f"{_BAND_NAMES.get((float(l), float(h)), '')} {l:g}-{h:g} Hz".strip() for l, h in pre.bands]
     width = max(6.0, 1.9 * (n_frames + 1) + 0.6)
     fig, axes = plt.subplots(n_bands, n_frames + 1, figsize=(width, 1.9 * n_bands + 1.0),
-                             squeeze=False, gridspec_kw={"width_ratios": [1.25] + [1] * n_frames})
+                             squeeze=False, gridspec_kw={"width_ratios": [1.25] + [1] * n_frames},
+                             layout="constrained")
     for b in range(n_bands):
         lim = float(np.abs(images[:, b][:, mask]).max()) or 1.0
         for f in range(n_frames):
@@ -48,7 +53,7 @@ def plot_trial_topomaps(pre: Preprocessing, images: np.ndarray, path: str | Path
                 if frame_seconds:
                     label += f"\n{f * frame_seconds:.2f}-{(f + 1) * frame_seconds:.2f} s"
                 ax.set_title(label, fontsize=8)
-        fig.colorbar(im, ax=axes[b, -1], fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+        fig.colorbar(im, ax=axes[b, 1:].tolist(), fraction=0.02, pad=0.01, aspect=12).ax.tick_params(labelsize=6)
         lay = axes[b, 0]
         lay.axis("off")
         lay.text(0.0, 0.5, names[b], rotation=90, va="center", ha="right", fontsize=9, transform=lay.transAxes)
@@ -62,7 +67,6 @@ def plot_trial_topomaps(pre: Preprocessing, images: np.ndarray, path: str | Path
             lay.set_aspect("equal")
             lay.set_title("electrodes (nose up)", fontsize=8)
     fig.suptitle("\n".join(textwrap.wrap(title, int(width * 14))), fontsize=9)
-    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
