@@ -67,3 +67,50 @@ def test_laser_pain_features_bad_csv(tmp_path):
         load_laser_pain_features(tmp_path)
     with pytest.raises(DataError, match="unknown bands"):
         load_laser_pain_features(tmp_path, bands=("mu",))
+
+
+def _fif(path, events, seed):
+    """A 20-s, 4-channel FIF recording at 100 Hz with the given (onset, description) events."""
+    import mne
+
+    rng = np.random.default_rng(seed)
+    info = mne.create_info(["C3", "Cz", "C4", "Pz"], 100.0, "eeg")
+    raw = mne.io.RawArray(1e-5 * rng.standard_normal((4, 2000)), info, verbose=False)
+    raw.set_annotations(mne.Annotations([e[0] for e in events], [0.0] * len(events), [e[1] for e in events]))
+    raw.save(path, verbose=False)
+
+
+MAPPING = '''
+name = "tiny-study"
+[files]
+pattern = '(?P<subject>vp\\d+)_(?P<session>s\\d)'
+[recording]
+montage = "standard_1005"
+[labels]
+level_names = ["low", "high"]
+[epochs]
+tmin = 0.0
+tmax = 2.0
+[events]
+"cold" = { level = "low" }
+"hot" = { level = "high" }
+'''
+
+
+def test_own_recordings_through_a_mapping_file(tmp_path):
+    rec = tmp_path / "recs"
+    rec.mkdir()
+    _fif(rec / "vp01_s1_raw.fif", [(2, "cold"), (6, "hot"), (10, "cold")], 0)
+    _fif(rec / "vp02_s1_raw.fif", [(3, "hot"), (12, "hot")], 1)
+    (tmp_path / "study.toml").write_text(MAPPING)
+    t = datasets.load_recordings(rec, tmp_path / "study.toml")
+    assert len(t) == 5 and t.data.shape == (5, 4, 200)
+    assert list(t.subject) == ["vp01"] * 3 + ["vp02"] * 2 and set(t.session) == {"s1"}
+    assert t.class_counts("level") == {"low": 2, "high": 3} and t.name == "tiny-study"
+    again = datasets.load_recordings(rec, tmp_path / "study.toml")
+    np.testing.assert_array_equal(again.data, t.data)
+    with pytest.raises(DataError, match="study.toml: not an EEG recording"):
+        datasets.load_recordings(tmp_path / "study.toml", tmp_path / "study.toml")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no EEG recordings"):
+        datasets.load_recordings(tmp_path / "empty", tmp_path / "study.toml")

@@ -113,3 +113,38 @@ def load_dataset(name: str = DEFAULT_DATASET, *, use_cache: bool = True, **param
     modules = [importlib.import_module(f"{__package__}.{m}") for m in spec.modules + ("dataset", "topomap")]
     key = make_key(f"dataset-{name}", {k: str(v) for k, v in params.items()}, files=files, modules=modules)
     return memo(key, lambda: spec.loader(**params), _TrialTable.load, lambda v, p: v.save(p), use_cache)
+
+
+def load_recordings(path: str | Path, mapping: str | Path, *, use_cache: bool = True) -> Trials:
+    """A user's own recordings: every EEG file under ``path`` labelled through a mapping file.
+
+    ``mapping`` is the TOML file described in ``docs/data.md``; subject and session come
+    from its ``[files] pattern``, else from BIDS-style or PhysioNet-style file names, else
+    the file name. Any unusable file stops the load with a :class:`DataError` naming it
+    (``painhelm data check`` lists all of them at once). Cached like the built-in datasets.
+    """
+    from . import dataset, labels, readers
+    from .cache import make_key, memo
+
+    root = Path(path)
+    if not root.exists():
+        raise DataError(root, "no such file or folder")
+    m = labels.load_mapping(mapping)
+    if root.is_file() and readers.recording_format(root) is None:
+        raise DataError(root, "not an EEG recording (EDF/BDF, BrainVision .vhdr, EEGLAB .set, FIF)")
+    files = [root] if root.is_file() else sorted(
+        p for p in root.rglob("*") if p.is_file() and readers.recording_format(p) is not None)
+    if not files:
+        raise DataError(root, "no EEG recordings found (EDF/BDF, BrainVision .vhdr, EEGLAB .set, FIF)")
+
+    def build() -> Trials:
+        parts = []
+        for f in files:
+            subject, session = labels.infer_subject_session(f, m.file_pattern)
+            parts.append(labels.trials_from_raw(readers.read_raw(f), m, subject, session, file=f))
+        return labels.concat_trials(parts, name=m.name or root.name)
+
+    companions = [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else files
+    key = make_key("recordings", {"root": str(root.resolve())}, files=companions + [Path(mapping)],
+                   modules=(dataset, labels, readers))
+    return memo(key, build, dataset._TrialTable.load, lambda v, p: v.save(p), use_cache)
