@@ -25,7 +25,10 @@ def parser_data(p: argparse.ArgumentParser) -> None:
     s = sub.add_parser("show", help="write a PNG of one trial's topomaps (bands x frames) with the electrodes",
                        description="Featurise one trial of a dataset (band powers -> normalised topomaps) and draw "
                                    "its images, one row per band and one column per frame, with the electrode layout.")
-    s.add_argument("--dataset", default="synthetic-pain", help="built-in dataset name (default: %(default)s)")
+    s.add_argument("--dataset", default="synthetic-pain",
+                   help="built-in dataset (synthetic-pain, physionet-mi, laser-pain-features) or a folder of "
+                        "own recordings with --mapping (default: %(default)s)")
+    s.add_argument("--mapping", default=None, help="label mapping file (TOML) for own recordings")
     s.add_argument("--trial", type=int, default=0, help="index of the trial to draw (default: %(default)s)")
     s.add_argument("--out", default="runs/topomaps.png", help="PNG to write (default: %(default)s)")
     s.add_argument("--image-size", type=int, default=32, help="topomap grid size G (default: %(default)s)")
@@ -41,5 +44,5 @@ def do_data(args) -> int:
         from painhelm.train.show import run_show
 
         return run_show(dataset=args.dataset, trial=args.trial, out=args.out, image_size=args.image_size,
-                        n_frames=args.frames)
+                        n_frames=args.frames, mapping=args.mapping)
     raise AssertionError(args.data_command)

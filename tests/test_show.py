@@ -47,3 +47,17 @@ def test_bad_requests_are_one_line_errors(tmp_path, capsys):
     assert main(["data", "show", "--dataset", "nope", "--out", str(tmp_path / "x.png")]) == 1
     assert "built-in datasets" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_show_own_recordings(tmp_path):
+    from .test_datasets import MAPPING, _fif
+
+    rec = tmp_path / "recs"
+    rec.mkdir()
+    _fif(rec / "vp01_s1_raw.fif", [(2, "cold"), (6, "hot")], 0)
+    (tmp_path / "study.toml").write_text(MAPPING)
+    out = tmp_path / "own.png"
+    assert main(["data", "show", "--dataset", str(rec), "--mapping", str(tmp_path / "study.toml"),
+                 "--out", str(out), "--image-size", "16"]) == 0
+    _check_png(out, n_rows_min=200)
+    assert main(["data", "show", "--dataset", str(rec), "--out", str(out)]) == 1

@@ -84,20 +84,29 @@ def _label(t: Trials | BandPowerTrials, i: int) -> str:
 
 
 def run_show(dataset: str, trial: int = 0, out: str | Path = "runs/topomaps.png", image_size: int = 32,
-             n_frames: int | None = None) -> int:
-    """`painhelm data show`: featurise ``dataset`` and draw trial ``trial``; returns the exit status."""
-    from .datasets import get_spec, load_dataset
+             n_frames: int | None = None, mapping: str | Path | None = None) -> int:
+    """`painhelm data show`: featurise ``dataset`` and draw trial ``trial``; returns the exit status.
 
-    spec = get_spec(dataset)
+    ``dataset`` is a built-in name, or a folder/file of own recordings labelled by ``mapping``.
+    """
+    from .datasets import get_spec, load_dataset, load_recordings
+
     if image_size < 4:
         raise DataError(None, f"--image-size must be at least 4, got {image_size}")
-    t = load_dataset(dataset)
+    if mapping is not None or Path(dataset).exists():  # the user's own recordings
+        if mapping is None:
+            raise DataError(dataset, "own recordings need --mapping FILE (see docs/data.md)")
+        t = load_recordings(dataset, mapping)
+        default_frames = 4
+    else:
+        default_frames = get_spec(dataset).n_frames
+        t = load_dataset(dataset)
     if not 0 <= trial < len(t):
         raise DataError(None, f"--trial must be between 0 and {len(t) - 1} ({dataset} has {len(t)} trials)")
     # normalisation is fitted on the other subjects, as in training, when there are others
     others = t.subject != t.subject[trial]
     train = t.subset(others) if others.any() else t
-    n_frames = n_frames or spec.n_frames
+    n_frames = n_frames or default_frames
     if isinstance(t, BandPowerTrials):
         if n_frames != t.logbp.shape[1]:
             raise DataError(None, f"{dataset} holds {t.logbp.shape[1]} frame(s) per trial; --frames cannot change that")
