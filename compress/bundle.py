@@ -18,8 +18,12 @@ def write_bundle(out_dir: str | Path, tflite_int8: str | Path, pre, level_names:
     """Write ``out_dir`` with model, preprocessing, topomap matrix and (last) the manifest.
 
     ``pre`` is a :class:`painhelm.train.features.Preprocessing`; ``input_scale`` and
-    ``input_zero_point`` are the int8 model's input quantization.
+    ``input_zero_point`` are the int8 model's input quantization. A ``pre`` fitted on
+    band-power tables (no raw-EEG front end) cannot drive a helmet and is refused.
     """
+    if not pre.n_times or not pre.sfreq:
+        raise ValueError("this preprocessing starts from band powers (e.g. laser-pain-features); "
+                         "a helmet bundle needs one fitted on raw EEG")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / fmt.MANIFEST_FILE).unlink(missing_ok=True)  # an old manifest must not bless new files
@@ -32,12 +36,18 @@ def write_bundle(out_dir: str | Path, tflite_int8: str | Path, pre, level_names:
         "std": [float(v) for v in np.asarray(pre.std, np.float32).ravel()],
         "input_scale": float(input_scale), "input_zero_point": int(input_zero_point),
         "level_names": list(level_names), "location_names": list(location_names),
+        "clean": pre.clean is not None, "n_per_seg": pre.n_per_seg,
     }
     assert set(fmt.PREPROC_KEYS) <= set(preproc)
     (out / fmt.PREPROC_FILE).write_text(json.dumps(preproc))
     (out / fmt.TOPOMAP_FILE).write_bytes(np.asarray(pre.W, dtype="<f4").tobytes())
+    names = list(fmt.FILES)
+    (out / fmt.CLEAN_FILE).unlink(missing_ok=True)
+    if pre.clean is not None:
+        (out / fmt.CLEAN_FILE).write_bytes(np.asarray(pre.clean, dtype="<f4").tobytes())
+        names.append(fmt.CLEAN_FILE)
     files = {}
-    for name in fmt.FILES:
+    for name in names:
         data = (out / name).read_bytes()
         files[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     manifest = {"bundle_version": fmt.BUNDLE_VERSION, "firmware": VERSION, "files": files}

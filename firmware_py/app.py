@@ -13,9 +13,10 @@ from array import array
 from math import exp
 
 try:  # imported as painhelm.firmware.app on a host
-    from . import bundle, dsp, interp, topomap, version, wire
+    from . import bundle, clean, dsp, interp, topomap, version, wire
 except ImportError:  # flat on the helmet's filesystem
     import bundle
+    import clean
     import dsp
     import interp
     import topomap
@@ -67,7 +68,7 @@ class Helmet:
     """A loaded bundle plus its preallocated buffers; ``infer`` handles one window."""
 
     def __init__(self, root=bundle.BUNDLE_DIR):
-        pre, W, model = bundle.load(root)
+        pre, W, model, self.clean = bundle.load(root)
         self.pre = pre
         self.n_ch = n_ch = len(pre["ch_names"])
         self.n_times = pre["n_times"]
@@ -100,8 +101,10 @@ class Helmet:
             raise bundle.BundleError("model outputs do not match %d levels and %d locations"
                                      % (n_levels, n_locations))
         self.bp = dsp.BandPower(n_ch, self.n_times, self.n_frames, self.sfreq,
-                                [tuple(b) for b in pre["bands"]])
+                                [tuple(b) for b in pre["bands"]], n_per_seg=pre.get("n_per_seg"))
         self._x = array("f", [0.0] * (n_ch * self.n_times))
+        # the cleaned window; a second buffer because each output channel reads every input
+        self._xc = array("f", [0.0] * (n_ch * self.n_times)) if self.clean is not None else self._x
         self._logbp = array("f", [0.0] * (self.n_frames * self.n_bands * n_ch))
         self._z = array("f", [0.0] * n_ch)
         self._input = array("b", [0] * n_in)
@@ -114,7 +117,9 @@ class Helmet:
                              % (n_ch, n_times, self.n_ch, self.n_times))
         t0 = ticks_us()
         _fill_f32(self._x, payload[off:])
-        self.bp.compute(self._x, self._logbp)
+        if self.clean is not None:
+            clean.apply_matrix(self.clean, self._x, self.n_ch, self.n_times, self._xc)
+        self.bp.compute(self._xc, self._logbp)
         topomap.images_int8(self._logbp, self.mean, self.inv_std, self.W, self.n_frames,
                             self.n_bands, self.n_ch, self.n_pix, self.scale, self.zero_point,
                             self._z, self._input, self.mask)

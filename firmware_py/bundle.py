@@ -6,6 +6,8 @@ One definition of the on-device layout, shared by the host writer
     model.tflite    full-int8 model (int8 input and outputs)
     preproc.json    sampling, channels, bands, normalisation, quantization, label names
     topomap.f32     interpolation matrix W, float32 little-endian, (n_pix, n_ch) row-major
+    clean.f32       optional cleaning matrix (ICA), float32, (n_ch, n_ch) row-major, applied to
+                    each window before the band powers; present when preproc.json has "clean": true
     manifest.json   bundle version and SHA-256 + size of each file; written LAST, so a
                     bundle without a manifest is an interrupted copy and is not used
 """
@@ -26,6 +28,7 @@ MODEL_FILE = "model.tflite"
 PREPROC_FILE = "preproc.json"
 TOPOMAP_FILE = "topomap.f32"
 MANIFEST_FILE = "manifest.json"
+CLEAN_FILE = "clean.f32"
 FILES = (MODEL_FILE, PREPROC_FILE, TOPOMAP_FILE)
 
 # keys of preproc.json, checked on both sides
@@ -46,7 +49,10 @@ def _read(path, mode="rb"):
 
 
 def load(root=BUNDLE_DIR):
-    """Load a bundle folder; return ``(preproc dict, W array('f'), model bytes)``."""
+    """Load a bundle folder; return ``(preproc dict, W array('f'), model bytes, clean)``.
+
+    ``clean`` is the cleaning matrix as array('f') (n_ch * n_ch), or None without one.
+    """
     manifest = json.loads(_read(root + "/" + MANIFEST_FILE, "r"))
     if manifest.get("bundle_version") != BUNDLE_VERSION:
         raise BundleError("bundle version %s, this firmware reads %d"
@@ -63,12 +69,18 @@ def load(root=BUNDLE_DIR):
     n_pix = pre["image_size"] * pre["image_size"]
     if files[TOPOMAP_FILE]["size"] != 4 * n_pix * n_ch:
         raise BundleError("topomap.f32 is %d bytes, expected %d" % (files[TOPOMAP_FILE]["size"], 4 * n_pix * n_ch))
+    clean = None
+    if pre.get("clean"):
+        _check(root + "/" + CLEAN_FILE, files.get(CLEAN_FILE), buf)
+        if files[CLEAN_FILE]["size"] != 4 * n_ch * n_ch:
+            raise BundleError("clean.f32 is %d bytes, expected %d" % (files[CLEAN_FILE]["size"], 4 * n_ch * n_ch))
+        clean = f32_array(_read(root + "/" + CLEAN_FILE))
     gc.collect()  # the two big buffers below need contiguous heap
     model = bytearray(files[MODEL_FILE]["size"])  # one allocation of the exact size
     W = f32_array(bytearray(files[TOPOMAP_FILE]["size"]))
     _read_into(root + "/" + TOPOMAP_FILE, W)
     _read_into(root + "/" + MODEL_FILE, model)
-    return pre, W, model
+    return pre, W, model, clean
 
 
 def _read_into(path, buf):

@@ -25,7 +25,7 @@ def bundle_files(bundle_dir: str | Path) -> dict[str, bytes]:
     missing = [n for n in fmt.FILES + (fmt.MANIFEST_FILE,) if not (src / n).exists()]
     if missing:
         raise FileNotFoundError(f"bundle {src} lacks {', '.join(missing)}: run `painhelm demo` or export first")
-    names = list(fmt.FILES) + [fmt.MANIFEST_FILE]
+    names = list(fmt.FILES) + [n for n in (fmt.CLEAN_FILE,) if (src / n).exists()] + [fmt.MANIFEST_FILE]
     return {f"{fmt.BUNDLE_DIR}/{n}": (src / n).read_bytes() for n in names}
 
 
