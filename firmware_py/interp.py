@@ -25,12 +25,16 @@ except ImportError:  # CPython
     def const(x):
         return x
 
+# The viper kernel lives in its own module: a port built without the viper emitter cannot
+# compile it (SyntaxError), and CPython has no `micropython` (ImportError). `micropython.viper`
+# is compile-time syntax, not an attribute, so it cannot be probed with hasattr.
 try:
-    import micropython
-
-    _viper = micropython.viper
-except (ImportError, AttributeError):  # CPython or a port without the viper emitter
-    _viper = None
+    from . import interp_viper as _viper
+except (ImportError, SyntaxError):
+    try:
+        import interp_viper as _viper
+    except (ImportError, SyntaxError):
+        _viper = None
 
 # TFLite BuiltinOperator codes (schema.fbs).
 OP_ADD = const(0)
@@ -383,24 +387,7 @@ def _dot_plain(x, xo, w, wo, n, input_offset):
     return acc
 
 
-if _viper is not None:
-
-    @micropython.viper
-    def _dot_viper(x: ptr8, xo: int, w: ptr8, wo: int, n: int, input_offset: int) -> int:
-        acc = 0
-        for i in range(n):
-            xv = int(x[xo + i])
-            if xv > 127:
-                xv -= 256
-            wv = int(w[wo + i])
-            if wv > 127:
-                wv -= 256
-            acc += (xv + input_offset) * wv
-        return acc
-
-    _dot = _dot_viper
-else:
-    _dot = _dot_plain
+_dot = _viper.dot if _viper is not None else _dot_plain
 
 
 def _use_plain_dot():

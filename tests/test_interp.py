@@ -64,8 +64,13 @@ def test_cpython_matches_litert_exactly(exported):
     assert np.array_equal(mine, ref), "%d of %d values differ" % ((mine != ref).sum(), ref.size)
 
 
+def test_micropython_uses_the_viper_dot():
+    """On the unix port the viper kernel is the one in use (so the MicroPython tests run it)."""
+    assert run_micropython("import interp\nprint(interp._dot is interp._viper.dot)").strip() == "True"
+
+
 def test_plain_and_viper_dot_agree(exported, monkeypatch):
-    """The plain-Python dot kernel gives the same outputs (CPython has no viper: same path)."""
+    """The plain-Python dot kernel gives LiteRT's outputs too (MicroPython runs viper below)."""
     _, path, xq = exported
     monkeypatch.setattr(interp, "_dot", interp._dot_plain)
     assert np.array_equal(_cpython(path, xq[:3]), _litert(path, xq[:3]))
