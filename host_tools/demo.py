@@ -73,14 +73,15 @@ def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, max_epoch
 
     stages.start("data", f"[1/7] synthetic pain EEG: {n_subjects} subjects, seed {seed}")
     ws = make_synthetic(n_subjects=n_subjects, windows_per_class=windows_per_class, seed=seed)
-    test_subject = n_subjects - 1
+    subjects = list(dict.fromkeys(ws.subject))  # "S01", "S02", ... in order; the last is held out
+    test_subject = subjects[-1]
     train, test = ws.subset(ws.subject != test_subject), ws.subset(ws.subject == test_subject)
     if max_test_windows:
         test = test.subset(np.arange(min(max_test_windows, len(test))))
 
-    pre = Preprocessing.fit(train.data, ws.sfreq, ws.ch_names)
+    pre = Preprocessing.for_trials(train, n_frames=4, image_size=16)  # compact 16x16 for the helmet
     stages.start("features", f"[2/7] band powers and {pre.image_size}x{pre.image_size} topomaps: {len(train)} training windows, "
-         f"{len(test)} held-out windows (subject S{test_subject + 1})")
+         f"{len(test)} held-out windows (subject {test_subject})")
     x_train, x_test = pre.images(train.data), pre.images(test.data)
 
     stages.start("train", f"[3/7] training CNN-LSTM+attention for up to {seconds:.0f} s / {max_epochs} epochs")
@@ -161,7 +162,8 @@ def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, max_epoch
     })
     summary = {
         "firmware": VERSION,
-        "data": f"synthetic-pain, {n_subjects} subjects; trained on S1-S{n_subjects - 1}, tested on held-out S{n_subjects}",
+        "data": f"synthetic-pain, {n_subjects} subjects; trained on {subjects[0]}-{subjects[-2]}, "
+                f"tested on held-out {test_subject}",
         "held-out windows": len(test),
         "device": f"virtual helmet, MicroPython unix port, heap {heapsize}" if helmet else port,
         "device int8 logits identical to host int8 (LiteRT)": f"{100 * logits_equal:.2f} % (max difference {max_diff})",

@@ -23,8 +23,8 @@ def tiny_bundle(tmp_path_factory):
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("tiny")
     ws = make_synthetic(n_subjects=3, windows_per_class=6, seed=1)
-    train, test = ws.subset(ws.subject < 2), ws.subset(ws.subject == 2)
-    pre = Preprocessing.fit(train.data, ws.sfreq, ws.ch_names)
+    train, test = ws.subset(ws.subject != "S03"), ws.subset(ws.subject == "S03")
+    pre = Preprocessing.for_trials(train, n_frames=4, image_size=16)  # compact 16x16 for the helmet
     x_train, x_test = pre.images(train.data), pre.images(test.data)
     model, _ = train_model(x_train, train.level, train.location, seconds=5, max_epochs=15, progress=False)
     tfl = export_tflite(model, x_train[:64], out / "export")
@@ -33,4 +33,4 @@ def tiny_bundle(tmp_path_factory):
                           runner.input_scale, runner.input_zero_point)
     level_q, location_q = runner.predict_int8(quantize_array(x_test, runner.input_scale, runner.input_zero_point))
     return {"bundle": bundle, "test": test, "x_test": x_test, "runner": runner, "model": model,
-            "level_q": level_q, "location_q": location_q, "sfreq": ws.sfreq}
+            "level_q": level_q, "location_q": location_q, "sfreq": ws.sfreq, "pre": pre, "tflite": tfl["int8"]}

@@ -90,3 +90,51 @@ def test_serve_answers_ping_infer_and_unknown(tiny_bundle):
     assert json.loads(got[1][2])["protocol"] == wire.PROTOCOL_VERSION
     assert wire.unpack_error(got[3][2])[0] == wire.ERR_UNKNOWN_TYPE
     assert wire.unpack_error(got[4][2])[0] == wire.ERR_BAD_FRAME
+
+
+def test_cleaning_matrix_travels_in_the_bundle(tiny_bundle, tmp_path):
+    """A bundle with a cleaning matrix: the helmet applies it before the DSP, as the host does.
+
+    Host int8 logits come from ``pre.images`` (matrix in float64, then numpy DSP); the
+    firmware applies the float32 matrix per window on CPython and under MicroPython.
+    """
+    import dataclasses
+
+    from painhelm.compress.bundle import write_bundle
+    from painhelm.compress.export import quantize_array
+
+    pre, runner, test = tiny_bundle["pre"], tiny_bundle["runner"], tiny_bundle["test"]
+    rng = np.random.default_rng(7)
+    n_ch = len(pre.ch_names)
+    M = (np.eye(n_ch) + 0.3 * rng.standard_normal((n_ch, n_ch))).astype(np.float32)
+    pre_c = dataclasses.replace(pre, clean=M)
+    b = write_bundle(tmp_path / "cleaned", tiny_bundle["tflite"], pre_c, test.level_names, test.location_names,
+                     runner.input_scale, runner.input_zero_point)
+    assert (b / bundle.CLEAN_FILE).stat().st_size == 4 * n_ch * n_ch
+    n = 4
+    x = quantize_array(pre_c.images(test.data[:n]), runner.input_scale, runner.input_zero_point)
+    host = np.concatenate(runner.predict_int8(x), axis=1)
+    plain = np.concatenate(runner.predict_int8(
+        quantize_array(pre.images(test.data[:n]), runner.input_scale, runner.input_zero_point)), axis=1)
+    assert not np.array_equal(host, plain)  # the matrix really changes what the model sees
+
+    h = app.Helmet(str(b))
+    cpy = np.array([sum(map(list, (lambda r: (r["level_q"], r["location_q"]))(
+        wire.unpack_report(h.infer(_payload(test.data[i], tiny_bundle["sfreq"]))))), []) for i in range(n)])
+
+    for name, data in firmware_files().items():
+        (tmp_path / name).write_bytes(data)
+    shutil.copytree(b, tmp_path / bundle.BUNDLE_DIR)
+    with open(tmp_path / "windows.bin", "wb") as f:
+        for i in range(n):
+            f.write(_payload(test.data[i], tiny_bundle["sfreq"]))
+    size = len(_payload(test.data[0], tiny_bundle["sfreq"]))
+    code = ("import app, wire\nh = app.Helmet()\nassert h.clean is not None\nf = open('windows.bin', 'rb')\n"
+            "for i in range(%d):\n    r = wire.unpack_report(h.infer(f.read(%d)))\n"
+            "    print(list(r['level_q']) + list(r['location_q']))\n" % (n, size))
+    out = run_micropython(code, cwd=tmp_path, heapsize="512K", path=[tmp_path]).strip().splitlines()
+    dev = np.array([json.loads(line) for line in out])
+    # the float32 matrix on the helmet vs float64 on the host: a rare ±1 at a rounding tie
+    for got in (cpy, dev):
+        assert got.shape == host.shape
+        assert np.abs(got - host).max() <= 1 and (got == host).mean() >= 0.95

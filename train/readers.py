@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import DataError
+from .topomap import head_centred
 
 logger = logging.getLogger(__name__)
 
@@ -356,30 +357,6 @@ def _has_position(raw, ch: str) -> bool:
     return bool(np.all(np.isfinite(loc)) and np.any(loc != 0))
 
 
-def _sphere_centre(pos: np.ndarray) -> np.ndarray | None:
-    """Least-squares sphere centre of ``pos`` (n, 3), or None when the fit is ill-posed."""
-    if len(pos) < 16:  # a few electrodes on a cap patch pin no sphere down
-        return None
-    a = np.c_[2 * pos, np.ones(len(pos))]
-    sol, *_ = np.linalg.lstsq(a, (pos ** 2).sum(axis=1), rcond=None)
-    centre = sol[:3]
-    radius = np.sqrt(max(sol[3] + centre @ centre, 0.0))
-    return centre if 0.05 < radius < 0.15 else None
-
-
-def _default_centre() -> np.ndarray:
-    """Head-sphere centre of the whole standard 10-05 montage in the head frame."""
-    import mne
-
-    if not hasattr(_default_centre, "cache"):
-        mont = mne.channels.make_standard_montage(STANDARD_MONTAGE)
-        info = mne.create_info(mont.ch_names, 100.0, "eeg")
-        info.set_montage(mont, verbose="error")
-        pos = np.array([c["loc"][:3] for c in info["chs"]])
-        _default_centre.cache = _sphere_centre(pos)
-    return _default_centre.cache
-
-
 def positions(raw, *, centre: bool = True) -> tuple[list[str], np.ndarray]:
     """EEG channel names and their 3-D positions in metres.
 
@@ -408,8 +385,7 @@ def positions(raw, *, centre: bool = True) -> tuple[list[str], np.ndarray]:
     pos = np.array([raw.info["chs"][raw.ch_names.index(ch)]["loc"][:3] for ch in names], dtype=np.float64)
     pos = pos.reshape(len(names), 3)
     if centre and len(names):
-        c = _sphere_centre(pos)
-        pos = pos - (c if c is not None else _default_centre())
+        pos = head_centred(pos)
     return names, pos
 
 

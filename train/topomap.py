@@ -16,19 +16,69 @@ import numpy as np
 DEFAULT_MONTAGE = "colin27_1005"  # MNE 1.13 renamed standard_1005 to this
 
 
-def electrode_positions(ch_names: list[str], montage: str = DEFAULT_MONTAGE) -> np.ndarray:
-    """3-D head-frame positions (n_ch, 3) of ``ch_names`` in the named MNE standard montage.
+def montage_positions(montage: str = DEFAULT_MONTAGE) -> dict[str, np.ndarray]:
+    """Head-frame positions (metres) of every electrode of an MNE standard montage, by lower-case name.
 
-    Names are matched case-insensitively; a channel the montage lacks is named in the error.
+    ``set_montage`` moves the montage's own (MRI) coordinates into MNE's head frame: x
+    towards the right ear, y towards the nasion, z up, origin between the ears.
     """
     import mne
 
-    pos = mne.channels.make_standard_montage(montage).get_positions()["ch_pos"]
-    lower = {k.lower(): v for k, v in pos.items()}
-    missing = [ch for ch in ch_names if ch.lower() not in lower]
+    cache = montage_positions.__dict__.setdefault("cache", {})
+    if montage not in cache:
+        m = mne.channels.make_standard_montage(montage)
+        info = mne.create_info(m.ch_names, 100.0, "eeg")
+        info.set_montage(m, verbose="error")
+        cache[montage] = {ch["ch_name"].lower(): ch["loc"][:3].copy() for ch in info["chs"]}
+    return cache[montage]
+
+
+def sphere_centre(pos: np.ndarray) -> np.ndarray | None:
+    """Least-squares sphere centre of electrode positions (n, 3), or None when ill-posed.
+
+    Fewer than 16 electrodes (a patch of the cap) pin no sphere down; an implausible radius
+    (outside 5-15 cm) is also refused.
+    """
+    pos = np.asarray(pos, dtype=np.float64)
+    if len(pos) < 16:
+        return None
+    a = np.c_[2 * pos, np.ones(len(pos))]
+    sol, *_ = np.linalg.lstsq(a, (pos ** 2).sum(axis=1), rcond=None)
+    centre = sol[:3]
+    radius = np.sqrt(max(sol[3] + centre @ centre, 0.0))
+    return centre if 0.05 < radius < 0.15 else None
+
+
+def standard_head_centre(montage: str = DEFAULT_MONTAGE) -> np.ndarray:
+    """Head-sphere centre of a whole standard montage, in the head frame."""
+    return sphere_centre(np.array(list(montage_positions(montage).values())))
+
+
+def head_centred(pos: np.ndarray) -> np.ndarray:
+    """Head-frame positions shifted to the head-sphere centre, which the projection needs.
+
+    The head frame's origin lies between the ears, about 4 cm below the centre of the
+    sphere the electrodes sit on; centred, Cz comes out on top and Fpz-T7-Oz-T8 near the
+    rim of the projected disc. The sphere is fitted to ``pos`` when it has enough
+    electrodes, else the standard montage's centre is used.
+    """
+    pos = np.asarray(pos, dtype=np.float64)
+    c = sphere_centre(pos)
+    return pos - (c if c is not None else standard_head_centre())
+
+
+def electrode_positions(ch_names: list[str], montage: str = DEFAULT_MONTAGE) -> np.ndarray:
+    """Head-centred 3-D positions (n_ch, 3) of ``ch_names`` in the named MNE standard montage.
+
+    Names are matched case-insensitively; a channel the montage lacks is named in the error.
+    The centre is the whole montage's sphere centre, so any subset of channels keeps the
+    same coordinates.
+    """
+    table = montage_positions(montage)
+    missing = [ch for ch in ch_names if ch.lower() not in table]
     if missing:
         raise ValueError(f"channels {missing} are not in montage {montage!r}")
-    return np.array([lower[ch.lower()] for ch in ch_names])
+    return np.array([table[ch.lower()] for ch in ch_names]) - standard_head_centre(montage)
 
 
 def azimuthal_equidistant(pos3d: np.ndarray) -> np.ndarray:
