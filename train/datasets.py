@@ -138,8 +138,12 @@ def load_recordings(path: str | Path, mapping: str | Path, *, use_cache: bool = 
         raise DataError(root, "no EEG recordings found (EDF/BDF, BrainVision .vhdr, EEGLAB .set, FIF)")
 
     def build() -> Trials:
+        import sys
+
+        from tqdm.auto import tqdm
+
         parts = []
-        for f in files:
+        for f in tqdm(files, desc="reading recordings", unit="file", disable=not sys.stderr.isatty() or len(files) < 3):
             subject, session = labels.infer_subject_session(f, m.file_pattern)
             parts.append(labels.trials_from_raw(readers.read_raw(f), m, subject, session, file=f))
         return labels.concat_trials(parts, name=m.name or root.name)
