@@ -154,6 +154,8 @@ def do_info(args) -> int:
 # --- data ---------------------------------------------------------------------------
 
 from .data_cmd import do_data, parser_data  # noqa: E402 - grouped with its section
+from .evaluate_cmd import do_evaluate, parser_evaluate  # noqa: E402
+from .train_cmd import do_train, parser_train  # noqa: E402
 
 COMMANDS = {
     "demo": (do_demo, _parser_demo,
@@ -161,6 +163,9 @@ COMMANDS = {
     "helmet": (do_helmet, _parser_helmet, "start a virtual helmet (real MicroPython behind a pty) and print its port"),
     "flash": (do_flash, _parser_flash, "copy firmware_py and a bundle to a helmet over the raw REPL, SHA-256 verified"),
     "info": (do_info, _parser_info, "ask the helmet firmware for its version, protocol and memory"),
+    "train": (do_train, parser_train, "train a model on a dataset; writes a model folder that compress and flash use"),
+    "evaluate": (do_evaluate, parser_evaluate,
+                 "leave-one-subject-out (or leave-one-run-out) evaluation with a per-subject report"),
     "data": (do_data, parser_data, "check recordings (`data check PATH`) and draw a trial's topomaps (`data show`)"),
 }
 
