@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_cache(tmp_path_factory):
+    """Keep the dataset / band-power cache of a test run out of the user's ~/.cache."""
+    old = os.environ.get("PAINHELM_CACHE")
+    os.environ["PAINHELM_CACHE"] = str(tmp_path_factory.mktemp("painhelm-cache"))
+    yield
+    if old is None:
+        os.environ.pop("PAINHELM_CACHE", None)
+    else:
+        os.environ["PAINHELM_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

@@ -58,7 +58,9 @@ class Preprocessing:
         pre = cls(float(sfreq), list(ch_names), data.shape[2], n_frames, image_size, None, None, None,
                   tuple(tuple(b) for b in bands), np.asarray(pos, np.float64), n_per_seg, norm,
                   None if clean is None else np.asarray(clean, np.float32))
-        pre._fit_rest(pre.band_powers(data))
+        from .cache import cached_band_powers
+
+        pre._fit_rest(cached_band_powers(pre, data))  # trial_images() then finds them in the cache
         return pre
 
     @classmethod
