@@ -204,4 +204,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m` runs this file as __main__, a second copy of the module: use the package's
+    # main so that CommandError raised by handler modules is the class main() catches
+    from painhelm.host_tools.cli import main as _main
+
+    sys.exit(_main())
