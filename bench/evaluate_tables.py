@@ -25,6 +25,8 @@ RUNS = {
     "synthetic_loso": ["--dataset", "synthetic-pain", "--workers", "2"],
     "synthetic_variants": ["--dataset", "synthetic-pain", "--models",
                            "painnet,edge-lstm,edge-max,edge-conv1d,edge-mixed", "--workers", "2"],
+    "synthetic_vgg": ["--dataset", "synthetic-pain", "--models", "vgg-lstm-attn", "--set", "image_size=32",
+                      "--threads", "2"],
     "physionet_executed_lr": ["--dataset", "physionet-mi", "--task", "executed-lr", "--permutations", "20",
                               "--workers", "2"],
     "physionet_imagined_lr": ["--dataset", "physionet-mi", "--task", "imagined-lr", "--permutations", "20",
