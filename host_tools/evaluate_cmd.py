@@ -52,16 +52,10 @@ def _load_trials(args):
 
     from .cli import CommandError
 
-    if args.mapping:
-        if args.task:
-            raise CommandError("--task applies to built-in datasets only, not to --mapping recordings")
-        return datasets.load_recordings(args.dataset, args.mapping)
-    if args.dataset not in datasets.DATASETS:
-        if Path(args.dataset).exists():
-            raise CommandError(f"{args.dataset} is a path: give its label mapping with --mapping FILE.toml")
-        raise CommandError(f"unknown dataset {args.dataset!r}; built-in datasets: {', '.join(datasets.DATASETS)}")
+    if args.mapping and args.task:
+        raise CommandError("--task applies to built-in datasets only, not to --mapping recordings")
     if args.task is None:
-        return datasets.load_dataset(args.dataset)
+        return datasets.load_trials(args.dataset, args.mapping)
     if args.task not in TASKS:
         raise CommandError(f"unknown task {args.task!r}; tasks: {', '.join(TASKS)}")
     spec = TASKS[args.task]

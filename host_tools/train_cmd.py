@@ -48,17 +48,6 @@ def parser_train(p: argparse.ArgumentParser) -> None:
                    help="leave this subject out of training, e.g. to test on it later (repeatable)")
 
 
-def _load_trials(dataset: str, mapping: str | None):
-    from painhelm.train.dataset import DataError
-    from painhelm.train.datasets import load_dataset, load_recordings
-
-    if mapping is not None or Path(dataset).exists():  # the user's own recordings
-        if mapping is None:
-            raise DataError(dataset, "own recordings need --mapping FILE (see docs/data.md)")
-        return load_recordings(dataset, mapping), Path(dataset).resolve().name
-    return load_dataset(dataset), dataset
-
-
 def _choose_subjects(trials, subjects: str | None, exclude: list[str]):
     """Training trials of the chosen subjects; an unknown name lists the dataset's subjects."""
     import numpy as np
@@ -105,7 +94,10 @@ def do_train(args) -> int:
         cfg = load_config(args.config, args.overrides)
     except ValueError as e:
         raise CommandError(str(e)) from None
-    trials, name = _load_trials(args.dataset, args.mapping)
+    from painhelm.train.datasets import load_trials
+
+    trials = load_trials(args.dataset, args.mapping)
+    name = Path(args.dataset).resolve().name if args.mapping else args.dataset
     trials = _choose_subjects(trials, args.subjects, args.exclude_subject)
     out = Path(args.out) if args.out else Path("runs/train") / f"{name}-{cfg.model}"
     if not args.resume and (out / "checkpoint.pt").exists():

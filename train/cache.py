@@ -44,6 +44,14 @@ def source_digest(*modules) -> str:
     return h.hexdigest()
 
 
+def hash_arrays(h, arrays) -> None:
+    """Feed each array's dtype, shape and bytes into the hash object ``h``."""
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+
+
 def make_key(kind: str, params: dict, files: list[Path] = (), arrays: list[np.ndarray] = (),
              modules: tuple = ()) -> str:
     """A hex key for ``kind`` from parameters, input files, input arrays and code."""
@@ -51,10 +59,7 @@ def make_key(kind: str, params: dict, files: list[Path] = (), arrays: list[np.nd
     h.update(json.dumps({"kind": kind, "params": params}, sort_keys=True, default=str).encode())
     for f in sorted(Path(p) for p in files):
         h.update(f"{f.resolve()}|{f.stat().st_size}|{file_digest(f)}".encode())
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(memoryview(a).cast("B"))
+    hash_arrays(h, arrays)
     h.update(source_digest(*modules).encode())
     return f"{kind}-{h.hexdigest()[:24]}"
 

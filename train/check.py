@@ -19,13 +19,9 @@ from pathlib import Path
 from .dataset import DataError
 from .labels import Mapping, infer_subject_session, load_mapping, trials_from_raw
 from .physionet_mi import parse_file_name, physionet_mapping, run_info
-from .readers import FORMATS, check_flat, check_raw, read_raw, recording_format
+from .readers import FORMATS, check_flat, check_raw, find_recordings, read_raw
 
 logger = logging.getLogger(__name__)
-
-# files that belong to a recording but are not read on their own
-_COMPANIONS = (".eeg", ".vmrk", ".fdt")
-
 
 @dataclass
 class FileReport:
@@ -182,21 +178,6 @@ class _Notes(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def _find_recordings(root: Path) -> tuple[list[Path], list[str]]:
-    if root.is_file():
-        return [root], []
-    recordings, ignored = [], []
-    for p in sorted(root.rglob("*")):
-        rel = p.relative_to(root)
-        if not p.is_file() or any(part.startswith(".") for part in rel.parts):
-            continue
-        if recording_format(p) is not None:
-            recordings.append(p)
-        elif p.suffix.lower() not in _COMPANIONS:
-            ignored.append(rel.as_posix())
-    return recordings, ignored
-
-
 def _check_file(path: Path, name: str, mode: str, mapping: Mapping | None) -> FileReport:
     rep = FileReport(path=path, name=name)
     try:  # from the name first, so that an unreadable file still shows whose it is
@@ -267,7 +248,7 @@ def check_folder(path: str | Path, mapping: str | Path | Mapping | None = None) 
         raise DataError(root, "no such file or folder")
     if mapping is not None and not isinstance(mapping, Mapping):
         mapping = load_mapping(mapping)
-    recordings, ignored = _find_recordings(root)
+    recordings, ignored = find_recordings(root)
     if mapping is not None:
         mode = "mapping"
     elif recordings and all(parse_file_name(p) for p in recordings):

@@ -78,7 +78,7 @@ class _TrialTable:
             else:
                 meta[f.name] = v
         tmp = Path(str(path) + ".tmp.npz")
-        np.savez(tmp, __meta__=np.frombuffer(json.dumps(meta, default=_json_default).encode(), np.uint8),
+        np.savez(tmp, __meta__=np.frombuffer(json.dumps(meta, default=json_default).encode(), np.uint8),
                  **arrays)
         tmp.replace(path)  # never a half-written cache file under the real name
 
@@ -94,12 +94,15 @@ class _TrialTable:
         return cls(**arrays, **meta)
 
 
-def _json_default(v):
+def json_default(v):
+    """``json.dumps(default=...)`` for numpy scalars and arrays and paths in tables and model folders."""
     if isinstance(v, np.generic):
         return v.item()
     if isinstance(v, np.ndarray):
         return v.tolist()
-    raise TypeError(f"cannot store {type(v).__name__} in a dataset cache")
+    if isinstance(v, Path):
+        return str(v)
+    raise TypeError(f"cannot write {type(v).__name__} to JSON")
 
 
 @dataclass

@@ -55,8 +55,7 @@ def _synthetic(**params) -> Trials:
 def _physionet(**params) -> Trials:
     from .physionet_mi import load_physionet_mi
 
-    params.setdefault("root", shared_data_dir() / "eegmmidb")
-    return load_physionet_mi(**params)
+    return load_physionet_mi(**params)  # its default root is shared_data_dir() / "eegmmidb"
 
 
 def _laser(**params) -> BandPowerTrials:
@@ -132,8 +131,7 @@ def load_recordings(path: str | Path, mapping: str | Path, *, use_cache: bool = 
     m = labels.load_mapping(mapping)
     if root.is_file() and readers.recording_format(root) is None:
         raise DataError(root, "not an EEG recording (EDF/BDF, BrainVision .vhdr, EEGLAB .set, FIF)")
-    files = [root] if root.is_file() else sorted(
-        p for p in root.rglob("*") if p.is_file() and readers.recording_format(p) is not None)
+    files, _ = readers.find_recordings(root)
     if not files:
         raise DataError(root, "no EEG recordings found (EDF/BDF, BrainVision .vhdr, EEGLAB .set, FIF)")
 
@@ -152,3 +150,26 @@ def load_recordings(path: str | Path, mapping: str | Path, *, use_cache: bool = 
     key = make_key("recordings", {"root": str(root.resolve())}, files=companions + [Path(mapping)],
                    modules=(dataset, labels, readers))
     return memo(key, build, dataset._TrialTable.load, lambda v, p: v.save(p), use_cache)
+
+
+def load_trials(dataset: str, mapping: str | Path | None = None, **params) -> Trials | BandPowerTrials:
+    """What ``--dataset`` / ``--mapping`` name: a built-in dataset, or a user's recordings.
+
+    With ``mapping``, ``dataset`` is a folder (or file) of recordings labelled by that
+    mapping file; without it, a built-in name (``params`` go to its loader). A path given
+    without a mapping is explained rather than reported as an unknown name.
+    """
+    if mapping is not None:
+        return load_recordings(dataset, mapping)
+    if dataset not in DATASETS and Path(dataset).exists():
+        raise DataError(dataset, "own recordings need --mapping FILE (see docs/data.md)")
+    return load_dataset(dataset, **params)
+
+
+def default_n_frames(trials: Trials | BandPowerTrials) -> int:
+    """Frames per trial when none is asked for: the table's own for band powers, the built-in
+    dataset's default, else 4."""
+    if isinstance(trials, BandPowerTrials):
+        return int(trials.logbp.shape[1])
+    spec = DATASETS.get(trials.name)
+    return spec.n_frames if spec is not None else 4

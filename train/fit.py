@@ -38,9 +38,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .dataset import UNLABELLED, BandPowerTrials, Trials
+from .cache import hash_arrays
+from .dataset import UNLABELLED, BandPowerTrials, Trials, json_default
+from .datasets import default_n_frames
 from .features import NORMS, Preprocessing
-from .model import joint_loss
+from .model import build_model, joint_loss, model_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -292,38 +294,11 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in np.unique(y_true)]))
 
 
-# --- models -----------------------------------------------------------------------------
-
-def build(name: str, n_frames: int, n_bands: int, image_size: int, n_levels: int, n_locations: int,
-          **overrides) -> torch.nn.Module:
-    """A fresh model of the zoo (``train/model.py: build_model``) for these image and label sizes."""
-    from .model import build_model
-
-    return build_model(name, n_frames, n_bands, image_size, n_levels, n_locations, **overrides)
-
-
-def rebuild(model_args: dict) -> torch.nn.Module:
-    """The model described by a saved ``model.cfg.to_dict()`` (weights not loaded)."""
-    from .model import model_from_config
-
-    return model_from_config(dict(model_args))
-
-
 # --- the fitted predictor -----------------------------------------------------------------
-
-def _json_default(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, Path):
-        return str(v)
-    raise TypeError(f"cannot write {type(v).__name__} to JSON")
-
 
 def _write_json(path: Path, obj) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    tmp.write_text(json.dumps(obj, indent=2, default=json_default) + "\n")
     tmp.replace(path)
 
 
@@ -420,7 +395,7 @@ class Fitted:
             raise FileNotFoundError(f"{folder} is not a model folder: {', '.join(missing)} missing")
         config = json.loads((folder / CONFIG_FILE).read_text())
         ckpt = torch.load(folder / MODEL_FILE, map_location="cpu", weights_only=True)
-        model = rebuild(ckpt["model_args"])
+        model = model_from_config(dict(ckpt["model_args"]))
         model.load_state_dict(ckpt["model"])
         model.eval()
         hist = json.loads((folder / HISTORY_FILE).read_text()) if (folder / HISTORY_FILE).is_file() else {}
@@ -449,23 +424,11 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _default_n_frames(trials) -> int:
-    if isinstance(trials, BandPowerTrials):
-        return int(trials.logbp.shape[1])
-    from .datasets import DATASETS
-
-    spec = DATASETS.get(trials.name)
-    return spec.n_frames if spec is not None else 4
-
-
 def _digest(trials) -> str:
     """Hash of the training table, so resume refuses a checkpoint made on other data."""
     h = hashlib.sha256()
     lead = trials.data if isinstance(trials, Trials) else trials.logbp
-    for a in (lead, trials.level, trials.location):
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(memoryview(a).cast("B"))
+    hash_arrays(h, (lead, trials.level, trials.location))
     h.update("|".join(trials.subject.tolist() + trials.session.tolist() + list(trials.ch_names)).encode())
     return h.hexdigest()
 
@@ -620,7 +583,7 @@ def _fit(trials, cfg, heads, device, out, ckpt_path, ckpt, progress) -> Fitted:
             from .cleaning import fit_cleaning
 
             kw["clean"] = fit_cleaning(trials, random_state=cfg.seed).matrix
-        n_frames = cfg.n_frames or _default_n_frames(trials)
+        n_frames = cfg.n_frames or default_n_frames(trials)
         pre = Preprocessing.for_trials(trials, n_frames=n_frames, image_size=cfg.image_size, **kw)
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
@@ -634,7 +597,7 @@ def _fit(trials, cfg, heads, device, out, ckpt_path, ckpt, progress) -> Fitted:
     weights_np = {h: (class_weights(getattr(trials, h)[train_idx], sizes[h]) if cfg.class_weights
                       else np.ones(sizes[h], np.float32)) for h in heads}
 
-    model = build(cfg.model, pre.n_frames, len(pre.bands), pre.image_size, n_levels, n_locations, **cfg.model_args)
+    model = build_model(cfg.model, pre.n_frames, len(pre.bands), pre.image_size, n_levels, n_locations, **cfg.model_args)
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     x = torch.from_numpy(images).to(device)

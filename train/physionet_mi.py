@@ -29,7 +29,6 @@ DOI of the dataset: 10.13026/C28G6P.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 
@@ -56,9 +55,9 @@ def default_root() -> Path:
 
     The relative default is next to the repository (the folder holding ``train/``).
     """
-    env = os.environ.get("PAINHELM_SHARED_DATA")
-    base = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    return base / "eegmmidb"
+    from .datasets import shared_data_dir
+
+    return shared_data_dir() / "eegmmidb"
 
 
 def run_info(run: int) -> tuple[str, str]:

@@ -61,6 +61,32 @@ def recording_format(path: str | Path) -> str | None:
     return None
 
 
+# files that belong to a recording but are not read on their own
+COMPANIONS = (".eeg", ".vmrk", ".fdt")
+
+
+def find_recordings(root: str | Path) -> tuple[list[Path], list[str]]:
+    """Recordings under ``root`` (or ``root`` itself when it is a file), and the other files.
+
+    Hidden files and folders are skipped; companions (``.eeg``, ``.vmrk``, ``.fdt``) are
+    neither recordings nor "other". Returns ``(recordings, ignored)`` with ``ignored`` as
+    paths relative to ``root``.
+    """
+    root = Path(root)
+    if root.is_file():
+        return [root], []
+    recordings, ignored = [], []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if not p.is_file() or any(part.startswith(".") for part in rel.parts):
+            continue
+        if recording_format(p) is not None:
+            recordings.append(p)
+        elif p.suffix.lower() not in COMPANIONS:
+            ignored.append(rel.as_posix())
+    return recordings, ignored
+
+
 def _extension(path: Path) -> str:
     name = path.name.lower()
     return ".fif.gz" if name.endswith(".fif.gz") else path.suffix.lower()

@@ -89,24 +89,17 @@ def run_show(dataset: str, trial: int = 0, out: str | Path = "runs/topomaps.png"
 
     ``dataset`` is a built-in name, or a folder/file of own recordings labelled by ``mapping``.
     """
-    from .datasets import get_spec, load_dataset, load_recordings
+    from .datasets import default_n_frames, load_trials
 
     if image_size < 4:
         raise DataError(None, f"--image-size must be at least 4, got {image_size}")
-    if mapping is not None or Path(dataset).exists():  # the user's own recordings
-        if mapping is None:
-            raise DataError(dataset, "own recordings need --mapping FILE (see docs/data.md)")
-        t = load_recordings(dataset, mapping)
-        default_frames = 4
-    else:
-        default_frames = get_spec(dataset).n_frames
-        t = load_dataset(dataset)
+    t = load_trials(dataset, mapping)
     if not 0 <= trial < len(t):
         raise DataError(None, f"--trial must be between 0 and {len(t) - 1} ({dataset} has {len(t)} trials)")
     # normalisation is fitted on the other subjects, as in training, when there are others
     others = t.subject != t.subject[trial]
     train = t.subset(others) if others.any() else t
-    n_frames = n_frames or default_frames
+    n_frames = n_frames or default_n_frames(t)
     if isinstance(t, BandPowerTrials):
         if n_frames != t.logbp.shape[1]:
             raise DataError(None, f"{dataset} holds {t.logbp.shape[1]} frame(s) per trial; --frames cannot change that")
