@@ -13,13 +13,37 @@ from painhelm.firmware import bundle as fmt
 from painhelm.firmware.version import VERSION
 
 
+# packages whose versions decide what the bundle's files contain
+_VERSIONED = ("painhelm", "torch", "litert-torch", "ai-edge-quantizer", "ai-edge-litert", "numpy", "mne")
+
+# decision thresholds shipped to the helmet (its decision stage reads them; 0 = no gate)
+DEFAULT_THRESHOLDS = {"min_confidence": {"level": 0.0, "location": 0.0}}
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of the packages that produced a bundle (missing ones omitted)."""
+    from importlib import metadata
+
+    out = {"firmware": VERSION}
+    for name in _VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
 def write_bundle(out_dir: str | Path, tflite_int8: str | Path, pre, level_names: list[str],
-                 location_names: list[str], input_scale: float, input_zero_point: int) -> Path:
+                 location_names: list[str], input_scale: float, input_zero_point: int,
+                 thresholds: dict | None = None, source: dict | None = None) -> Path:
     """Write ``out_dir`` with model, preprocessing, topomap matrix and (last) the manifest.
 
     ``pre`` is a :class:`painhelm.train.features.Preprocessing`; ``input_scale`` and
-    ``input_zero_point`` are the int8 model's input quantization. A ``pre`` fitted on
-    band-power tables (no raw-EEG front end) cannot drive a helmet and is refused.
+    ``input_zero_point`` are the int8 model's input quantization; ``thresholds`` are the
+    decision gates (default :data:`DEFAULT_THRESHOLDS`); ``source`` describes where the
+    model came from (model folder, its SHA-256, compression) and goes into the manifest
+    beside the versions of the tools. A ``pre`` fitted on band-power tables (no raw-EEG
+    front end) cannot drive a helmet and is refused.
     """
     if not pre.n_times or not pre.sfreq:
         raise ValueError("this preprocessing starts from band powers (e.g. laser-pain-features); "
@@ -37,6 +61,7 @@ def write_bundle(out_dir: str | Path, tflite_int8: str | Path, pre, level_names:
         "input_scale": float(input_scale), "input_zero_point": int(input_zero_point),
         "level_names": list(level_names), "location_names": list(location_names),
         "clean": pre.clean is not None, "n_per_seg": pre.n_per_seg,
+        "thresholds": thresholds if thresholds is not None else DEFAULT_THRESHOLDS,
     }
     assert set(fmt.PREPROC_KEYS) <= set(preproc)
     (out / fmt.PREPROC_FILE).write_text(json.dumps(preproc))
@@ -50,7 +75,8 @@ def write_bundle(out_dir: str | Path, tflite_int8: str | Path, pre, level_names:
     for name in names:
         data = (out / name).read_bytes()
         files[name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    manifest = {"bundle_version": fmt.BUNDLE_VERSION, "firmware": VERSION, "files": files}
+    manifest = {"bundle_version": fmt.BUNDLE_VERSION, "firmware": VERSION, "files": files,
+                "versions": versions(), "source": source or {}}
     (out / fmt.MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     return out
 

@@ -50,12 +50,29 @@ def quantize_array(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return np.clip(q, -128, 127).astype(np.int8)
 
 
-def _check_level_location(shapes: list[tuple], what: str) -> tuple[int, int]:
-    """Indices of the level (4-class) and location (2-class) outputs, found by shape."""
-    widths = [int(s[-1]) for s in shapes]
-    if sorted(widths) != [2, 4]:
-        raise ExportError("%s: expected outputs of widths 4 and 2, got %s" % (what, shapes))
-    return widths.index(4), widths.index(2)
+def _check_level_location(shapes: list[tuple], what: str, names: list[str] | None = None,
+                          widths: tuple[int, int] | None = None) -> tuple[int, int]:
+    """Indices of the level and location outputs of an exported model.
+
+    Export writes two outputs, level first (``output_0`` in TFLite, ``level_logits`` in
+    ONNX); names are used when they say which is which, else the order. ``widths``, when
+    given, are the expected (level, location) output widths (a head without classes keeps
+    one dummy output) and a mismatch is an :class:`ExportError`.
+    """
+    if len(shapes) != 2:
+        raise ExportError("%s: expected 2 outputs (level, location), got %d" % (what, len(shapes)))
+    order = (0, 1)
+    if names:
+        for first, second in (("output_0", "output_1"), ("level", "location")):
+            hit = [[i for i, n in enumerate(names) if key in n] for key in (first, second)]
+            if all(len(h) == 1 for h in hit) and hit[0] != hit[1]:
+                order = (hit[0][0], hit[1][0])
+                break
+    got = tuple(int(shapes[i][-1]) for i in order)
+    if widths is not None and got != tuple(max(int(w), 1) for w in widths):
+        raise ExportError("%s: outputs have widths %s (level, location) but the model folder says %s"
+                          % (what, got, tuple(max(int(w), 1) for w in widths)))
+    return order
 
 
 # ---------------------------------------------------------------- runners
@@ -64,7 +81,8 @@ def _check_level_location(shapes: list[tuple], what: str) -> tuple[int, int]:
 class TFLiteRunner:
     """LiteRT runner for model_fp32.tflite / model_int8.tflite (reference kernels)."""
 
-    def __init__(self, path: str | os.PathLike, reference_kernels: bool = True):
+    def __init__(self, path: str | os.PathLike, reference_kernels: bool = True,
+                 widths: tuple[int, int] | None = None):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
         rtype = OpResolverType.BUILTIN_REF if reference_kernels else OpResolverType.AUTO
@@ -73,7 +91,8 @@ class TFLiteRunner:
         self._it.allocate_tensors()
         self._in = self._it.get_input_details()[0]
         outs = self._it.get_output_details()
-        i_lvl, i_loc = _check_level_location([tuple(o["shape"]) for o in outs], self.path)
+        i_lvl, i_loc = _check_level_location([tuple(o["shape"]) for o in outs], self.path,
+                                             [o["name"] for o in outs], widths)
         self._lvl, self._loc = outs[i_lvl], outs[i_loc]
         self.is_int8 = self._in["dtype"] == np.int8
         self.input_scale, self.input_zero_point = (float(v) for v in self._in["quantization"])
@@ -112,7 +131,7 @@ def _dequant(q: np.ndarray, detail: dict) -> np.ndarray:
 class OnnxRunner:
     """onnxruntime runner for model_fp32.onnx / model_int8.onnx (float in, float out)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, widths: tuple[int, int] | None = None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -122,7 +141,8 @@ class OnnxRunner:
         self._in = self._s.get_inputs()[0].name
         outs = self._s.get_outputs()
         self._names = [o.name for o in outs]
-        self._i_lvl, self._i_loc = _check_level_location([tuple(o.shape) for o in outs], self.path)
+        self._i_lvl, self._i_loc = _check_level_location([tuple(o.shape) for o in outs], self.path,
+                                                         self._names, widths)
 
     def predict(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """float (N, F, C, H, W) -> (level_logits, location_logits)."""
@@ -137,7 +157,8 @@ class OnnxRunner:
 class TFLMRunner:
     """TensorFlow Lite Micro (PyPI `tflite_micro`) runner for model_int8.tflite."""
 
-    def __init__(self, path: str | os.PathLike, arena_size: int = 256 * 1024):
+    def __init__(self, path: str | os.PathLike, arena_size: int = 256 * 1024,
+                 widths: tuple[int, int] | None = None):
         from tflite_micro.python.tflite_micro import runtime
 
         self.path = str(path)
@@ -147,8 +168,9 @@ class TFLMRunner:
         q = d["quantization_parameters"]
         self.input_scale = float(q["scales"][0])
         self.input_zero_point = int(q["zero_points"][0])
-        shapes = [tuple(self._it.get_output_details(i)["shape"]) for i in range(2)]
-        self._i_lvl, self._i_loc = _check_level_location(shapes, self.path)
+        details = [self._it.get_output_details(i) for i in range(2)]
+        self._i_lvl, self._i_loc = _check_level_location([tuple(d["shape"]) for d in details], self.path,
+                                                         [str(d.get("name", "")) for d in details], widths)
 
     def predict_int8(self, x_int8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """int8 (N, F, C, H, W) -> (level_q (N, 4), location_q (N, 2)) int8."""
@@ -162,6 +184,11 @@ class TFLMRunner:
 
 
 # ---------------------------------------------------------------- export
+
+
+def _widths(model: PainNet) -> tuple[int, int]:
+    """Expected (level, location) output widths of the exported model."""
+    return model.cfg.n_levels, model.cfg.n_locations
 
 
 def _torch_logits(model: PainNet, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -208,6 +235,36 @@ def _calibrate_min_max(fp32_bytes: bytes, quant, calib: np.ndarray) -> dict:
     data = [{in_name: calib[i:i + 1]} for i in range(len(calib))]
     cal.calibrate({key: data}, quant._recipe_manager)
     return cal.get_model_qsvs()
+
+
+def strip_tensor_names(path: str | os.PathLike) -> int:
+    """Rename every tensor of a .tflite to ``t<index>`` in place; return the bytes saved.
+
+    The converter's names (``serving_default_...``, ~150 bytes each) are a third of a
+    compact int8 model, and the helmet holds the whole file in its heap. Inputs, outputs
+    and signatures are addressed by index, so no runtime notices.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = Path(path).read_bytes()
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(data, 0))
+    for sg in model.subgraphs:
+        for i, t in enumerate(sg.tensors):
+            t.name = b"t%d" % i
+    b = flatbuffers.Builder(len(data))
+    b.Finish(model.Pack(b), file_identifier=b"TFL3")
+    out = bytes(b.Output())
+    Path(path).write_bytes(out)
+    return len(data) - len(out)
+
+
+def tflite_weight_bytes(path: str | os.PathLike) -> int:
+    """Bytes of constant data (weights, biases) in a .tflite; the rest of the file is graph."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAsModel(Path(path).read_bytes(), 0)
+    return sum(model.Buffers(i).DataLength() for i in range(model.BuffersLength()))
 
 
 @contextlib.contextmanager
@@ -269,14 +326,17 @@ def export_tflite(model: PainNet, calib_images: np.ndarray, out_dir: str | os.Pa
         qsvs = _calibrate_min_max(fp32_bytes, quant, calib)
         int8_path.write_bytes(bytes(quant.quantize(qsvs, enable_progress_report=False).quantized_model))
 
+    strip_tensor_names(fp32_path)
+    strip_tensor_names(int8_path)
     ops = tflite_op_names(int8_path)
     bad = sorted(set(ops) & (_FLOAT_OPS | {"WHILE"}))
     if bad:
         raise ExportError("int8 model still has %s" % bad)
     x = calib[:n_check]
     ref = _torch_logits(model, x)
-    err = _check_fp32(str(fp32_path), TFLiteRunner(fp32_path).predict(x), ref)
-    r8 = TFLiteRunner(int8_path)
+    w = _widths(model)
+    err = _check_fp32(str(fp32_path), TFLiteRunner(fp32_path, widths=w).predict(x), ref)
+    r8 = TFLiteRunner(int8_path, widths=w)
     if not r8.is_int8 or r8._lvl["dtype"] != np.int8 or r8._loc["dtype"] != np.int8:
         raise ExportError("int8 model must have int8 input and outputs")
     agree = _check_int8(str(int8_path), r8.predict(x), ref, min_agree)
@@ -324,7 +384,8 @@ def export_onnx(model: PainNet, calib_images: np.ndarray, out_dir: str | os.Path
     pre_path.unlink()
     x = calib[:n_check]
     ref = _torch_logits(model, x)
-    err = _check_fp32(str(fp32_path), OnnxRunner(fp32_path).predict(x), ref)
-    agree = _check_int8(str(int8_path), OnnxRunner(int8_path).predict(x), ref, min_agree)
+    w = _widths(model)
+    err = _check_fp32(str(fp32_path), OnnxRunner(fp32_path, widths=w).predict(x), ref)
+    agree = _check_int8(str(int8_path), OnnxRunner(int8_path, widths=w).predict(x), ref, min_agree)
     return {"fp32": str(fp32_path), "int8": str(int8_path), "fp32_max_abs_err": err,
             "int8_argmax_agreement": agree}

@@ -88,18 +88,19 @@ class Helmet:
                                      % (shape, self.n_frames, self.n_bands, pre["image_size"], pre["image_size"]))
         self.scale = pre["input_scale"]
         self.zero_point = pre["input_zero_point"]
+        # painhelm exports two outputs, level first; a head without classes keeps a
+        # 1-wide dummy output, which is never reported.
         n_levels = len(pre["level_names"])
         n_locations = len(pre["location_names"])
-        self.level_out = self.location_out = -1
-        for i, o in enumerate(self.interp.outputs):
-            width = o["shape"][-1]
-            if width == n_levels and self.level_out < 0:
-                self.level_out = i
-            elif width == n_locations:
-                self.location_out = i
-        if self.level_out < 0 or self.location_out < 0:
-            raise bundle.BundleError("model outputs do not match %d levels and %d locations"
-                                     % (n_levels, n_locations))
+        outs = self.interp.outputs
+        if len(outs) != 2 or outs[0]["shape"][-1] != max(n_levels, 1) \
+                or outs[1]["shape"][-1] != max(n_locations, 1):
+            raise bundle.BundleError("model outputs %s do not match %d levels and %d locations"
+                                     % ([o["shape"] for o in outs], n_levels, n_locations))
+        self.level_out = 0
+        self.location_out = 1
+        self.has_level = n_levels > 0
+        self.has_location = n_locations > 0
         self.bp = dsp.BandPower(n_ch, self.n_times, self.n_frames, self.sfreq,
                                 [tuple(b) for b in pre["bands"]], n_per_seg=pre.get("n_per_seg"))
         self._x = array("f", [0.0] * (n_ch * self.n_times))
@@ -130,6 +131,10 @@ class Helmet:
         location_q = self.interp.output(self.location_out)
         level, level_conf = _argmax_conf(level_q, lo["scale"], lo["zero_point"])
         location, location_conf = _argmax_conf(location_q, co["scale"], co["zero_point"])
+        if not self.has_level:
+            level, level_conf = wire.NO_HEAD, 0
+        if not self.has_location:
+            location, location_conf = wire.NO_HEAD, 0
         infer_us = ticks_diff(ticks_us(), t0)
         return wire.pack_report(level, location, level_conf, location_conf, 0, ticks_ms(),
                                 infer_us, level_q, location_q)

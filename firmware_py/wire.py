@@ -53,6 +53,7 @@ MAX_LINE = const(((HEADER_SIZE + MAX_PAYLOAD + CRC_SIZE + 2) // 3) * 4 + 2)
 WINDOW_HEADER = "<HHf"  # n_ch, n_times, sfreq; then n_ch*n_times float32, channel-major
 REPORT_HEADER = "<bbBBHIIBB"  # level, location, level_conf, location_conf, quality, t_ms, infer_us, n_level, n_location
 UNCERTAIN = const(-1)
+NO_HEAD = const(-2)  # the model has no such head (a single-task bundle)
 
 
 class FrameError(ValueError):
@@ -193,7 +194,7 @@ def pack_report(level, location, level_conf, location_conf, quality, t_ms, infer
                 level_q, location_q):
     """Payload of MSG_REPORT.
 
-    ``level``/``location`` are class indices or UNCERTAIN; confidences are 0..255;
+    ``level``/``location`` are class indices, UNCERTAIN or NO_HEAD; confidences are 0..255;
     ``quality`` is a bit field of signal-quality flags (0 = good); ``level_q`` and
     ``location_q`` are the model's raw int8 output logits, so a host can check the device
     bit for bit.

@@ -153,7 +153,9 @@ def do_info(args) -> int:
 
 # --- data ---------------------------------------------------------------------------
 
-from .data_cmd import do_data, parser_data  # noqa: E402 - grouped with its section
+from .compare_cmd import do_compare, parser_compare  # noqa: E402 - grouped with its section
+from .compress_cmd import do_compress, parser_compress  # noqa: E402
+from .data_cmd import do_data, parser_data  # noqa: E402
 from .evaluate_cmd import do_evaluate, parser_evaluate  # noqa: E402
 from .train_cmd import do_train, parser_train  # noqa: E402
 
@@ -166,6 +168,10 @@ COMMANDS = {
     "train": (do_train, parser_train, "train a model on a dataset; writes a model folder that compress and flash use"),
     "evaluate": (do_evaluate, parser_evaluate,
                  "leave-one-subject-out (or leave-one-run-out) evaluation with a per-subject report"),
+    "compress": (do_compress, parser_compress,
+                 "prune, quantize to int8 and export a model folder (ONNX, TFLite, helmet bundle), each file checked"),
+    "compare": (do_compare, parser_compare,
+                "float vs int8 report: accuracy, agreement, logit errors, per subject, runtimes (md/html/png)"),
     "data": (do_data, parser_data, "check recordings (`data check PATH`) and draw a trial's topomaps (`data show`)"),
 }
 

@@ -47,21 +47,16 @@ def parser_evaluate(p: argparse.ArgumentParser) -> None:
 
 def _load_trials(args):
     """The dataset (and task) as one trial table; user mistakes become CommandError."""
-    from painhelm.train import datasets
-    from painhelm.train.evaluate import TASKS, select_task
+    from painhelm.train.evaluate import load_task_trials
 
     from .cli import CommandError
 
-    if args.mapping and args.task:
-        raise CommandError("--task applies to built-in datasets only, not to --mapping recordings")
-    if args.task is None:
-        return datasets.load_trials(args.dataset, args.mapping)
-    if args.task not in TASKS:
-        raise CommandError(f"unknown task {args.task!r}; tasks: {', '.join(TASKS)}")
-    spec = TASKS[args.task]
-    if spec.dataset != args.dataset:
-        raise CommandError(f"--task {args.task} is a task of {spec.dataset}, not of {args.dataset}")
-    return select_task(datasets.load_dataset(args.dataset, **dict(spec.load)), args.task)
+    try:
+        return load_task_trials(args.dataset, args.mapping, args.task)
+    except ValueError as e:
+        if type(e).__name__ == "DataError":
+            raise
+        raise CommandError(str(e)) from None
 
 
 def _train_config(args):

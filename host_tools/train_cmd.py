@@ -20,8 +20,10 @@ config keys (TOML file or --set KEY=VALUE; see docs/training.md):
 examples:
   painhelm train                                         # synthetic-pain, painnet, defaults
   painhelm train --dataset physionet-mi --set epochs=40 --set model=edge-max
+  painhelm train --dataset physionet-mi --task executed-lr --exclude-session R07
   painhelm train --dataset my_recordings/ --mapping study.toml --config train.toml
   painhelm train --exclude-subject S05 --out runs/train/no-s05   # keep S05 for testing
+  painhelm train --dataset physionet-mi --exclude-session R07 --exclude-session R08
   painhelm train --out runs/train/x --set epochs=100 --resume    # continue a stopped run
 """
 
@@ -33,6 +35,8 @@ def parser_train(p: argparse.ArgumentParser) -> None:
                    help="built-in dataset (synthetic-pain, physionet-mi, laser-pain-features) or a folder of "
                         "own recordings with --mapping (default: %(default)s)")
     p.add_argument("--mapping", default=None, help="label mapping file (TOML) for own recordings (docs/data.md)")
+    p.add_argument("--task", default=None, metavar="TASK",
+                   help="physionet-mi sub-task, e.g. executed-lr or where-5 (see painhelm evaluate --help)")
     p.add_argument("--config", default=None, metavar="FILE.toml",
                    help="training config file; its keys are the config keys listed below")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -46,10 +50,13 @@ def parser_train(p: argparse.ArgumentParser) -> None:
                    help="train on these subjects only (comma-separated; default: all)")
     p.add_argument("--exclude-subject", action="append", default=[], metavar="SUBJECT",
                    help="leave this subject out of training, e.g. to test on it later (repeatable)")
+    p.add_argument("--exclude-session", action="append", default=[], metavar="[SUBJECT/]SESSION",
+                   help="leave this session (run) out of training, e.g. R07 or S001/R07; for "
+                        "one-subject datasets such as physionet-mi (repeatable)")
 
 
-def _choose_subjects(trials, subjects: str | None, exclude: list[str]):
-    """Training trials of the chosen subjects; an unknown name lists the dataset's subjects."""
+def _choose_trials(trials, subjects: str | None, exclude: list[str], exclude_sessions: list[str] = ()):
+    """Training trials of the chosen subjects and sessions; unknown names list what exists."""
     import numpy as np
 
     from .cli import CommandError
@@ -62,7 +69,16 @@ def _choose_subjects(trials, subjects: str | None, exclude: list[str]):
     keep = sorted(set(wanted) - set(exclude))
     if not keep:
         raise CommandError("no subjects left to train on after --subjects/--exclude-subject")
-    return trials if keep == have else trials.subset(np.isin(trials.subject, keep))
+    mask = np.isin(trials.subject, keep)
+    pairs = np.char.add(np.char.add(trials.subject.astype(str), "/"), trials.session.astype(str))
+    for name in exclude_sessions:
+        hit = (pairs == name) if "/" in name else (trials.session == name)
+        if not hit.any():
+            raise CommandError(f"unknown session {name!r}; the dataset has {sorted(set(pairs.tolist()))}")
+        mask &= ~hit
+    if not mask.any():
+        raise CommandError("no trials left to train on after --exclude-session")
+    return trials if mask.all() else trials.subset(mask)
 
 
 def _summary(fitted, out: Path) -> str:
@@ -94,11 +110,17 @@ def do_train(args) -> int:
         cfg = load_config(args.config, args.overrides)
     except ValueError as e:
         raise CommandError(str(e)) from None
-    from painhelm.train.datasets import load_trials
+    from painhelm.train.evaluate import load_task_trials
 
-    trials = load_trials(args.dataset, args.mapping)
+    try:
+        trials = load_task_trials(args.dataset, args.mapping, args.task)
+    except ValueError as e:
+        if type(e).__name__ == "DataError":
+            raise
+        raise CommandError(str(e)) from None
     name = Path(args.dataset).resolve().name if args.mapping else args.dataset
-    trials = _choose_subjects(trials, args.subjects, args.exclude_subject)
+    name += f"-{args.task}" if args.task else ""
+    trials = _choose_trials(trials, args.subjects, args.exclude_subject, args.exclude_session)
     out = Path(args.out) if args.out else Path("runs/train") / f"{name}-{cfg.model}"
     if not args.resume and (out / "checkpoint.pt").exists():
         print(f"painhelm: {out} holds an earlier run; starting afresh (use --resume to continue it)",
@@ -109,6 +131,11 @@ def do_train(args) -> int:
         if type(e).__name__ == "DataError":
             raise
         raise CommandError(str(e)) from None
+    # where the data came from, so compress and compare reload exactly this table
+    fitted.extra["data"] = {"dataset": str(Path(args.dataset).resolve()) if args.mapping else args.dataset,
+                            "mapping": str(Path(args.mapping).resolve()) if args.mapping else None,
+                            "task": args.task}
+    fitted.save(out)
     print(_summary(fitted, out.resolve()))
     return 0
 

@@ -22,6 +22,14 @@ def _session_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def synthetic4():
+    """4 synthetic subjects x 8 classes x 3 windows (fit's validation: one whole subject)."""
+    from painhelm.train.synthetic import make_synthetic
+
+    return make_synthetic(n_subjects=4, windows_per_class=3, seed=2)
+
+
+@pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
     """Train PainNet briefly on 3 synthetic subjects, export int8, write a bundle.
 

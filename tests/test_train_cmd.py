@@ -26,6 +26,8 @@ def test_train_writes_a_model_folder(tmp_path, capsys):
     assert cfg["dataset"] == "synthetic-pain" and cfg["train"]["epochs"] == 2
     assert cfg["model"]["config"]["lstm_hidden"] == 8
     assert cfg["subjects"] == ["S01", "S02", "S03"]
+    assert cfg["data"] == {"dataset": "synthetic-pain", "mapping": None, "task": None}  # compress reloads it
+    assert cfg["sessions"] and all(s.split("/")[0] in cfg["subjects"] for s in cfg["sessions"])
     held = set(cfg["validation"]["groups"])
     assert held and not held & set(cfg["train_subjects"])
     fitted = Fitted.load(out)
@@ -46,6 +48,8 @@ def test_train_writes_a_model_folder(tmp_path, capsys):
     (["--set", "model=resnet"], "model must be one of"),
     (["--config", "no/such/train.toml"], "does not exist"),
     (["--exclude-subject", "S99"], "unknown subject(s) ['S99']"),
+    (["--exclude-session", "R99"], "unknown session 'R99'"),
+    (["--task", "executed-lr"], "task of physionet-mi, not of synthetic-pain"),
     (["--resume", "--out", "{tmp}/never"], "cannot resume"),
 ])
 def test_mistakes_are_one_line(argv, message, tmp_path, capsys):

@@ -132,6 +132,27 @@ def select_task(trials: Trials | BandPowerTrials, task: str) -> Trials | BandPow
     return compact_labels(trials.subset(keep))
 
 
+def load_task_trials(dataset: str, mapping: str | None = None, task: str | None = None):
+    """What ``--dataset`` / ``--mapping`` / ``--task`` name, as one trial table.
+
+    One rule for train, evaluate, compress and compare, so a model folder's recorded
+    dataset and task reload exactly its data. Raises ValueError for a task that does not
+    fit the dataset (a user mistake) and DataError for unusable data.
+    """
+    from . import datasets
+
+    if task is None:
+        return datasets.load_trials(dataset, mapping)
+    if mapping:
+        raise ValueError("--task applies to built-in datasets only, not to --mapping recordings")
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    spec = TASKS[task]
+    if spec.dataset != dataset:
+        raise ValueError(f"--task {task} is a task of {spec.dataset}, not of {dataset}")
+    return select_task(datasets.load_dataset(dataset, **dict(spec.load)), task)
+
+
 # --- folds -------------------------------------------------------------------------------
 
 class Fold(NamedTuple):

@@ -4,6 +4,7 @@ CONTRACT (issue 5; used by ``painhelm train``, evaluation, compress and flash):
 
     cfg = TrainConfig(model="painnet", n_frames=4, image_size=16, epochs=80, seed=0, ...)
     fitted = fit(train_trials, cfg, progress=True, out_dir=None, resume=False)
+    tuned = fit(train_trials, replace(fitted.cfg, epochs=5), init=fitted)   # fine-tune (compress)
     logits = fitted.predict(test_trials)     # {"level": (n, n_levels), "location": (n, n_loc)} float
     fitted.save(model_dir); Fitted.load(model_dir)
 
@@ -330,6 +331,14 @@ def load_preprocessing(folder: str | Path) -> Preprocessing:
                          pos=arr["pos"], n_per_seg=meta["n_per_seg"], norm=meta["norm"], clean=arr.get("clean"))
 
 
+def _plain_state_dict(model: torch.nn.Module) -> dict:
+    """CPU state dict with pruning masks folded in (``w = w_orig * w_mask``), so it loads into a plain model."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    for k in [k for k in state if k.endswith("_orig") and k[:-5] + "_mask" in state]:
+        state[k[:-5]] = state.pop(k) * state.pop(k[:-5] + "_mask")
+    return state
+
+
 @dataclass
 class Fitted:
     """A trained predictor: preprocessing + model + what it was trained on."""
@@ -372,7 +381,7 @@ class Fitted:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         save_preprocessing(self.pre, folder)
-        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        state = _plain_state_dict(self.model)
         _atomic_torch_save({"model": state, "model_name": self.model_name,
                             "model_args": self.model.cfg.to_dict()}, folder / MODEL_FILE)
         _write_json(folder / HISTORY_FILE, {"epochs": self.history, **self.summary})
@@ -501,8 +510,11 @@ class _Determinism:
 
 
 def fit(trials: Trials | BandPowerTrials, cfg: TrainConfig, *, progress: bool = False,
-        out_dir: str | Path | None = None, resume: bool = False) -> Fitted:
+        out_dir: str | Path | None = None, resume: bool = False, init: Fitted | None = None) -> Fitted:
     """Fit preprocessing and a model on training trials, with early stopping on a validation split.
+
+    With ``init`` it fine-tunes instead: training starts from a deep copy of ``init.model``
+    (architecture and weights, whatever module that is) and uses ``init.pre`` as it is.
 
     Parameters
     ----------
@@ -520,6 +532,15 @@ def fit(trials: Trials | BandPowerTrials, cfg: TrainConfig, *, progress: bool = 
         Continue from ``out_dir/checkpoint.pt`` (needs ``out_dir``). The training data and
         every setting except ``epochs``, ``seconds``, ``patience``, ``threads`` and
         ``device`` must match the checkpoint's; the result equals an uninterrupted run.
+    init : Fitted | None
+        Start from this predictor: a deep copy of ``init.model`` is trained (``init`` is not
+        changed) and ``init.pre`` is used unrefitted. Compress passes pruned or
+        fake-quantized models this way (``dataclasses.replace(fitted, model=ready_model)``);
+        the model must take this preprocessing's images and have the trials' classes. The
+        settings that define the model and its input (``model``, ``model_args``,
+        ``n_frames``, ``image_size``, ``norm``, ``clean``) must equal ``init.cfg``'s; the
+        rest (epochs, lr, seed, ...) apply as usual, as do the validation split, class
+        weights, early stopping, determinism and resume (the checkpoint remembers ``init``).
 
     Returns
     -------
@@ -540,6 +561,8 @@ def fit(trials: Trials | BandPowerTrials, cfg: TrainConfig, *, progress: bool = 
         raise ValueError("the training trials have no labels (every level and location is -1)")
     if cfg.clean and not isinstance(trials, Trials):
         raise ValueError("clean=True needs raw EEG Trials; these trials are band powers already")
+    if init is not None:
+        _check_init(init, cfg, trials)
     device = _resolve_device(cfg.device)
     out = Path(out_dir) if out_dir is not None else None
     ckpt_path = out / CHECKPOINT_FILE if out is not None else None
@@ -548,16 +571,44 @@ def fit(trials: Trials | BandPowerTrials, cfg: TrainConfig, *, progress: bool = 
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"cannot resume: {ckpt_path} does not exist")
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        _check_resume(ckpt, cfg, trials)
+        _check_resume(ckpt, cfg, trials, init)
 
     with _Determinism(cfg.threads, device):
-        return _fit(trials, cfg, heads, device, out, ckpt_path, ckpt, progress)
+        return _fit(trials, cfg, heads, device, out, ckpt_path, ckpt, progress, init)
 
 
 _RESUMABLE = ("epochs", "seconds", "patience", "threads", "device")
+_FROM_INIT = ("model", "model_args", "n_frames", "image_size", "norm", "clean")  # fixed by fit(init=...)
 
 
-def _check_resume(ckpt: dict, cfg: TrainConfig, trials) -> None:
+def _check_init(init: Fitted, cfg: TrainConfig, trials) -> None:
+    """``init`` must fit the trials, and ``cfg`` must not claim another model or preprocessing."""
+    if not isinstance(init, Fitted):
+        raise TypeError(f"init must be a Fitted, got {type(init).__name__}")
+    diff = [k for k in _FROM_INIT if getattr(init.cfg, k) != getattr(cfg, k)]
+    if diff:
+        raise ValueError("init fixes the model and its preprocessing, but cfg differs from init.cfg in: "
+                         + ", ".join(f"{k}={getattr(cfg, k)!r} (init: {getattr(init.cfg, k)!r})" for k in diff)
+                         + "; pass dataclasses.replace(init.cfg, ...)")
+    for what in ("level_names", "location_names"):
+        if list(getattr(trials, what)) != list(getattr(init, what)):
+            raise ValueError(f"init was trained with {what} {getattr(init, what)}, "
+                             f"but the trials have {list(getattr(trials, what))}")
+    if list(trials.ch_names) != list(init.pre.ch_names):
+        raise ValueError(f"init's preprocessing takes channels {init.pre.ch_names}, "
+                         f"but the trials have {list(trials.ch_names)}")
+
+
+def _model_digest(model: torch.nn.Module) -> str:
+    """Hash of a model's state (names, shapes, values), so resume refuses another ``init``."""
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        hash_arrays(h, (v.detach().cpu().numpy(),))
+    return h.hexdigest()
+
+
+def _check_resume(ckpt: dict, cfg: TrainConfig, trials, init: Fitted | None = None) -> None:
     old = ckpt["cfg"]
     diff = [k for k, v in asdict(cfg).items() if k not in _RESUMABLE and old.get(k) != v]
     if diff:
@@ -565,9 +616,12 @@ def _check_resume(ckpt: dict, cfg: TrainConfig, trials) -> None:
                          + ", ".join(f"{k}={old.get(k)!r} (now {getattr(cfg, k)!r})" for k in diff))
     if ckpt["digest"] != _digest(trials):
         raise ValueError("cannot resume: the checkpoint was made on other training trials")
+    if ckpt.get("init") != (None if init is None else _model_digest(init.model)):
+        raise ValueError("cannot resume: the checkpoint was started from another init model "
+                         "(or init was given to only one of the two runs)")
 
 
-def _fit(trials, cfg, heads, device, out, ckpt_path, ckpt, progress) -> Fitted:
+def _fit(trials, cfg, heads, device, out, ckpt_path, ckpt, progress, init=None) -> Fitted:
     from tqdm.auto import tqdm
 
     t0 = time.monotonic()
@@ -575,7 +629,12 @@ def _fit(trials, cfg, heads, device, out, ckpt_path, ckpt, progress) -> Fitted:
     rng = np.random.default_rng(cfg.seed)
 
     # preprocessing: fitted on every training trial (validation ones included), never on test data
-    if ckpt is not None:
+    if init is not None:  # fine-tuning: the predictor's own preprocessing, unrefitted
+        pre = init.pre
+        if out is not None and ckpt is None:
+            out.mkdir(parents=True, exist_ok=True)
+            save_preprocessing(pre, out)
+    elif ckpt is not None:
         pre = load_preprocessing(out)
     else:
         kw = {"norm": cfg.norm}
@@ -597,7 +656,13 @@ def _fit(trials, cfg, heads, device, out, ckpt_path, ckpt, progress) -> Fitted:
     weights_np = {h: (class_weights(getattr(trials, h)[train_idx], sizes[h]) if cfg.class_weights
                       else np.ones(sizes[h], np.float32)) for h in heads}
 
-    model = build_model(cfg.model, pre.n_frames, len(pre.bands), pre.image_size, n_levels, n_locations, **cfg.model_args)
+    if init is not None:
+        model = copy.deepcopy(init.model)
+        init_digest = _model_digest(init.model)
+    else:
+        model = build_model(cfg.model, pre.n_frames, len(pre.bands), pre.image_size, n_levels, n_locations,
+                            **cfg.model_args)
+        init_digest = None
     model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     x = torch.from_numpy(images).to(device)
@@ -661,7 +726,7 @@ def _fit(trials, cfg, heads, device, out, ckpt_path, ckpt, progress) -> Fitted:
                     "model": model.state_dict(), "optimizer": opt.state_dict(), "numpy_rng": rng.bit_generator.state,
                     "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                    "state": state, "cfg": asdict(cfg), "digest": _digest(trials)}, ckpt_path)
+                    "state": state, "cfg": asdict(cfg), "digest": _digest(trials), "init": init_digest}, ckpt_path)
             bar.update(1)
             post = {"loss": f"{rec['loss']:.3f}"}
             for h in heads:
@@ -688,7 +753,11 @@ def _fit(trials, cfg, heads, device, out, ckpt_path, ckpt, progress) -> Fitted:
     subjects = sorted(set(trials.subject.tolist()))
     extra = {"validation": {**split, "n_trials": int(len(val_idx))},
              "n_train_trials": int(len(train_idx)), "train_subjects": sorted(set(trials.subject[train_idx].tolist())),
-             "subjects": subjects, "class_weights": {h: w.tolist() for h, w in weights_np.items()}}
+             "subjects": subjects,
+             "sessions": sorted(set(np.char.add(np.char.add(trials.subject, "/"), trials.session).tolist())),
+             "class_weights": {h: w.tolist() for h, w in weights_np.items()}}
+    if init is not None:  # what was done to the model before (compress records its steps here)
+        extra = {**{k: v for k, v in init.extra.items() if k not in extra}, **extra}
     fitted = Fitted(model=model, pre=pre, cfg=cfg, model_name=cfg.model, level_names=list(trials.level_names),
                     location_names=list(trials.location_names), heads=heads, dataset=trials.name,
                     history=state["history"], summary=summary, extra=extra)

@@ -291,9 +291,17 @@ def write_report(results: dict, out_dir: str | Path, title: str | None = None) -
         ht += ["<h2>Training config</h2>", "<pre>" + html.escape("\n".join(f"{k} = {v!r}" for k, v in config.items()))
                + "</pre>"]
 
-    paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html",
-             "png": [p for _, _, a, b in pngs for p in (a, b)]}
-    paths["json"].write_text(json.dumps(_jsonable(results), indent=1, allow_nan=False) + "\n")
+    paths = write_documents(out, "report.json", results, md, ht, title)
+    paths["png"] = [p for _, _, a, b in pngs for p in (a, b)]
+    return paths
+
+
+def write_documents(out: Path, json_name: str, data: dict, md: list[str], ht: list[str],
+                    title: str) -> dict[str, Path]:
+    """Write ``json_name`` (strict JSON, NaN as null), report.md and a self-contained
+    report.html from Markdown and HTML lines; return ``{"json", "md", "html"}`` paths."""
+    paths = {"json": out / json_name, "md": out / "report.md", "html": out / "report.html"}
+    paths["json"].write_text(json.dumps(_jsonable(data), indent=1, allow_nan=False) + "\n")
     paths["md"].write_text("\n".join(md))
     style = ("body{font-family:sans-serif;max-width:70em;margin:2em auto}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child{text-align:left}")
