@@ -58,6 +58,13 @@ def load_model_folder(folder: str | Path):
     folder = Path(folder)
     if not folder.is_dir():
         raise CompressError(f"{folder}: no such model folder")
+    if (folder / COMPRESS_FILE).is_file():
+        try:
+            src = json.loads((folder / COMPRESS_FILE).read_text())["source"]["model_dir"]
+        except (ValueError, KeyError, TypeError):
+            src = "the model folder it came from"
+        raise CompressError(f"{folder} is already a compressed folder; compress {src} instead "
+                            "(or compare this one with painhelm compare)")
     try:
         fitted = Fitted.load(folder)
     except FileNotFoundError as e:

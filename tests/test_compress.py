@@ -159,6 +159,8 @@ def test_cli_errors_are_one_line(compressed, tmp_path, capsys):
     assert main(["compress", str(tmp_path / "nope")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("painhelm:") and "no such model folder" in err[0]
+    assert main(["compress", str(model_dir / "compressed")]) == 1
+    assert "already a compressed folder" in capsys.readouterr().err
     assert main(["compress", str(model_dir), "--formats", "bundle"]) == 1
     assert "need 'tflite'" in capsys.readouterr().err
     assert main(["compress", str(model_dir), "--prune", "structured", "--amount", "1.5"]) == 1
