@@ -10,6 +10,23 @@ import sys
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
+PAINHELM = str(Path(sys.executable).with_name("painhelm"))  # the venv's own command
+
+
+def run_painhelm(args: list[str]) -> tuple[str, float]:
+    """Run ``painhelm ARGS`` as a user would; return its stdout and wall seconds.
+
+    A failure stops the benchmark with the command's last output, so no figure is written
+    from a broken run.
+    """
+    import subprocess
+    import time
+
+    t0 = time.monotonic()
+    proc = subprocess.run([PAINHELM, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"painhelm {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc.stdout, time.monotonic() - t0
 
 
 def machine() -> dict:

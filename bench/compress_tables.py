@@ -12,15 +12,11 @@ Run: .venv/bin/python -m bench.compress_tables [synthetic|physionet ...]   (~10 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench.common import write_result
-
-PAINHELM = str(Path(sys.executable).with_name("painhelm"))
+from bench.common import run_painhelm, write_result
 
 DATASETS = {
     # name: `painhelm train` arguments (data and held-out part)
@@ -35,14 +31,6 @@ VARIANTS = {
     "structured-50": ["--prune", "structured", "--amount", "0.5"],
     "unstructured-50": ["--prune", "unstructured", "--amount", "0.5"],
 }
-
-
-def _run(args: list[str]) -> tuple[str, float]:
-    t0 = time.monotonic()
-    proc = subprocess.run([PAINHELM, *args], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"painhelm {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return proc.stdout, time.monotonic() - t0
 
 
 def _variant_figures(folder: Path) -> dict:
@@ -69,15 +57,15 @@ def run(name: str) -> dict:
         model = Path(tmp) / "model"
         commands = []
         train_args = ["train", *DATASETS[name], "--out", str(model), "--set", "threads=2"]
-        _, train_s = _run(train_args)
+        _, train_s = run_painhelm(train_args)
         commands.append("painhelm " + " ".join(train_args).replace(str(model), "MODEL"))
         variants = {}
         for v, extra in VARIANTS.items():
             out = Path(tmp) / v
             comp_args = ["compress", str(model), "--out", str(out), *extra]
             cmp_args = ["compare", str(out), "--latency-runs", "30"]
-            _, cs = _run(comp_args)
-            text, ms = _run(cmp_args)
+            _, cs = run_painhelm(comp_args)
+            text, ms = run_painhelm(cmp_args)
             commands += ["painhelm " + " ".join(comp_args).replace(str(model), "MODEL").replace(str(out), v),
                          "painhelm " + " ".join(cmp_args).replace(str(out), v)]
             variants[v] = _variant_figures(out)

@@ -10,15 +10,11 @@ Run: .venv/bin/python -m bench.evaluate_tables [NAME ...]     (about 10 minutes 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from bench.common import write_result
-
-PAINHELM = str(Path(sys.executable).with_name("painhelm"))
+from bench.common import run_painhelm, write_result
 
 RUNS = {
     # name: arguments of `painhelm evaluate`
@@ -39,17 +35,13 @@ RUNS = {
 def run(name: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         args = RUNS[name] + ["--out", tmp]
-        t0 = time.monotonic()
-        proc = subprocess.run([PAINHELM, "evaluate", *args], capture_output=True, text=True)
-        wall = time.monotonic() - t0
-        if proc.returncode != 0:
-            raise SystemExit(f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        stdout, wall = run_painhelm(["evaluate", *args])
         report = json.loads((Path(tmp) / "report.json").read_text())
         table = (Path(tmp) / "report.md").read_text()
     figures = {"painhelm_command": "painhelm evaluate " + " ".join(RUNS[name]), "wall_s": round(wall, 1),
                "report": report, "report_md": table}
     write_result(f"evaluate_{name}", figures)
-    print(f"== {name}: {wall:.0f} s\n{proc.stdout[-2500:]}", flush=True)
+    print(f"== {name}: {wall:.0f} s\n{stdout[-2500:]}", flush=True)
     return figures
 
 

@@ -35,7 +35,8 @@ import numpy as np
 from ..train.dataset import UNLABELLED
 from ..train.evaluate import HEADS, classification_metrics
 from . import export as E
-from .source import _sessions, held_out  # noqa: F401  (held_out: part of this module's API)
+from .pipeline import first_line, load_model_folder
+from .source import held_out  # noqa: F401  (part of this module's API)
 
 MODEL_DIR = "model"
 COMPRESS_JSON = "compress.json"
@@ -152,17 +153,12 @@ def _quietly(fn: Callable[[], Any]) -> tuple[Any, Exception | None]:
             return None, e
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _open(kind: str, path: Path, **kw):
     """A runner over one exported file; a file its runtime cannot load becomes a ValueError."""
     cls = {"tflite": E.TFLiteRunner, "onnx": E.OnnxRunner, "tflm": E.TFLMRunner}[kind]
     runner, err = _quietly(lambda: cls(path, **kw))
     if err is not None:
-        raise ValueError(f"{path.name} cannot be loaded ({_first_line(err)}); the file is corrupt or not a "
+        raise ValueError(f"{path.name} cannot be loaded ({first_line(err)}); the file is corrupt or not a "
                          "model this version exports: run painhelm compress again")
     return runner
 
@@ -326,12 +322,12 @@ def _predict(runner, images: np.ndarray, name: str) -> dict[str, np.ndarray]:
     """``{head: logits}`` of one export; a file that cannot run on the model's images is a ValueError."""
     out, err = _quietly(lambda: runner.predict(images))
     if err is not None:
-        raise ValueError(f"{name} cannot run on this model's input {images.shape[1:]} ({_first_line(err)}): "
+        raise ValueError(f"{name} cannot run on this model's input {images.shape[1:]} ({first_line(err)}): "
                          "the exports belong to another model; run painhelm compress again")
     return dict(zip(HEADS, out))
 
 
-def compare(folder: str | Path, test_trials, *, runtimes=None, n_latency: int = 50,
+def compare(folder: str | Path, test_trials, *, fitted=None, runtimes=None, n_latency: int = 50,
             progress: bool | Callable[[str], None] = False) -> dict[str, Any]:
     """Score the float model and its int8 exports on test trials, and time every runtime.
 
@@ -343,6 +339,8 @@ def compare(folder: str | Path, test_trials, *, runtimes=None, n_latency: int = 
     test_trials : Trials | BandPowerTrials
         Trials to score, normally :func:`held_out` of the training dataset; same channels
         and class names as the model's.
+    fitted : Fitted | None
+        ``folder/model`` when the caller has loaded it already; else it is loaded here.
     runtimes : iterable of str | None
         Keys of :data:`RUNTIMES` to time; None: all six; ``()``: no runtime table.
     n_latency : int
@@ -365,8 +363,6 @@ def compare(folder: str | Path, test_trials, *, runtimes=None, n_latency: int = 
         ``arena_bytes``, ``notes``; empty when not asked for); ``n_latency``;
         ``compress`` (compress.json or None); ``wall_s``.
     """
-    from ..train.fit import Fitted
-
     t0 = time.monotonic()
     say = _say_fn(progress)
     folder = check_folder(folder)
@@ -379,7 +375,8 @@ def compare(folder: str | Path, test_trials, *, runtimes=None, n_latency: int = 
     if len(test_trials) == 0:
         raise ValueError("no test trials to compare on")
 
-    fitted = Fitted.load(folder / MODEL_DIR)
+    if fitted is None:
+        fitted = load_model_folder(folder / MODEL_DIR)
     names = {"level": list(fitted.level_names), "location": list(fitted.location_names)}
     for h in HEADS:
         got = list(getattr(test_trials, h + "_names"))
@@ -435,8 +432,8 @@ def compare(folder: str | Path, test_trials, *, runtimes=None, n_latency: int = 
     subjects = test_trials.subject.astype(str)
     # per subject; one test subject with several sessions (a one-subject dataset): per session
     one_subject = len(set(subjects.tolist())) == 1
-    by = "session" if one_subject and len(set(_sessions(test_trials).tolist())) > 1 else "subject"
-    groups = subjects if by == "subject" else _sessions(test_trials)
+    by = "session" if one_subject and len(set(test_trials.session_keys().tolist())) > 1 else "subject"
+    groups = subjects if by == "subject" else test_trials.session_keys()
     logits = {"float": float_logits, "int8": q, "onnx_int8": onnx8}
     per_group = {"by": by, "rows": _group_rows(groups, truth, logits, heads)}
     seen_subjects = set(fitted.extra.get("subjects", []))

@@ -46,6 +46,12 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def load_model_folder(folder: str | Path):
     """Load a model folder written by ``painhelm train`` and check that its parts agree.
 
@@ -72,10 +78,9 @@ def load_model_folder(folder: str | Path):
     except json.JSONDecodeError as e:
         raise CompressError(f"{folder}: a JSON file is corrupt ({e})") from None
     except RuntimeError as e:  # torch: not a zip/pickle, or weights of other shapes
-        first = str(e).strip().splitlines()[0]
         if "size mismatch" in str(e) or "state_dict" in str(e):
-            raise CompressError(f"{folder / MODEL_FILE} does not match {CONFIG_FILE}: {first}") from None
-        raise CompressError(f"{folder / MODEL_FILE} is not a readable PyTorch file: {first}") from None
+            raise CompressError(f"{folder / MODEL_FILE} does not match {CONFIG_FILE}: {first_line(e)}") from None
+        raise CompressError(f"{folder / MODEL_FILE} is not a readable PyTorch file: {first_line(e)}") from None
     except pickle.UnpicklingError:
         raise CompressError(f"{folder / MODEL_FILE} is not a readable PyTorch file (corrupt, or not "
                             "written by painhelm train)") from None
@@ -193,8 +198,6 @@ def compress_model(model_dir: str | Path, out_dir: str | Path | None = None, *,
             _step(log, f"quantization-aware fine-tuning, up to {qat_epochs} epochs")
             fitted, summary["qat"] = qat_finetune(fitted, train, epochs=qat_epochs, seed=seed, progress=progress)
         fitted.save(tmp / MODEL_SUBDIR)
-        for leftover in ("checkpoint.pt",):
-            (tmp / MODEL_SUBDIR / leftover).unlink(missing_ok=True)
 
         calib = calibration_images(fitted, train, calib_size, calib_seed)
         summary["calibration"] = {"n_images": int(len(calib)),

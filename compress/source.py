@@ -13,11 +13,6 @@ import numpy as np
 from painhelm.train.dataset import BandPowerTrials, Trials
 
 
-def _sessions(trials: Trials | BandPowerTrials) -> np.ndarray:
-    """"subject/session" of every trial (sessions are named per subject)."""
-    return np.char.add(np.char.add(trials.subject.astype(str), "/"), trials.session.astype(str))
-
-
 def load_source(fitted, dataset: str | None = None, mapping: str | None = None,
                 task: str | None = None) -> Trials | BandPowerTrials:
     """The whole trial table the model folder was trained from (training and held-out parts).
@@ -51,7 +46,7 @@ def training_part(fitted, trials: Trials | BandPowerTrials) -> Trials | BandPowe
     """The trials of ``trials`` that entered the model's fit (its subjects and sessions)."""
     keep = np.isin(trials.subject, fitted.extra.get("subjects", []))
     if "sessions" in fitted.extra:
-        keep &= np.isin(_sessions(trials), fitted.extra["sessions"])
+        keep &= np.isin(trials.session_keys(), fitted.extra["sessions"])
     if not keep.any():
         raise ValueError("none of the dataset's trials belong to the model's training subjects "
                          f"{fitted.extra.get('subjects')}; pass the model's own --dataset")
@@ -107,7 +102,7 @@ def held_out(fitted, trials):
         return trials.subset(unseen)
     subjects = sorted(set(trials.subject.astype(str).tolist()))
     if len(subjects) == 1 and fitted.extra.get("sessions"):
-        unseen = ~np.isin(_sessions(trials), list(fitted.extra["sessions"]))
+        unseen = ~np.isin(trials.session_keys(), list(fitted.extra["sessions"]))
         if unseen.any():
             return trials.subset(unseen)
         raise ValueError(f"the model was trained on every session of {subjects[0]} "

@@ -8,6 +8,7 @@ mistakes and device trouble become :class:`CommandError`, printed as one line
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -18,6 +19,23 @@ from painhelm.firmware.version import PROTOCOL_VERSION, VERSION
 
 class CommandError(Exception):
     """A user mistake or device trouble, shown without a traceback."""
+
+
+@contextlib.contextmanager
+def settings_errors():
+    """Turn a ValueError from checking the user's settings into a CommandError.
+
+    A DataError (a ValueError too) passes unchanged: it already names the file and the
+    problem, and the CLI prints it as one line.
+    """
+    from painhelm.train.dataset import DataError
+
+    try:
+        yield
+    except DataError:
+        raise
+    except ValueError as e:
+        raise CommandError(str(e)) from None
 
 
 def _user_errors():

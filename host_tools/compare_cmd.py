@@ -67,7 +67,7 @@ def _choose_test(fitted, trials, subjects: list[str], sessions: list[str]):
     """The trials named by --test-subject / --test-session, else the held-out ones."""
     import numpy as np
 
-    from painhelm.compress.source import _sessions, held_out
+    from painhelm.compress.source import held_out
 
     from .cli import CommandError
 
@@ -80,7 +80,7 @@ def _choose_test(fitted, trials, subjects: list[str], sessions: list[str]):
     unknown = sorted(set(subjects) - set(have))
     if unknown:
         raise CommandError(f"unknown subject(s) {unknown}; the data have {have}")
-    keys = _sessions(trials)
+    keys = trials.session_keys()
     have_s = sorted(set(keys.tolist()))
     unknown = sorted(set(sessions) - set(have_s))
     if unknown:
@@ -93,34 +93,28 @@ def _choose_test(fitted, trials, subjects: list[str], sessions: list[str]):
 def do_compare(args) -> int:
     from painhelm.compress import compare as C
     from painhelm.compress import report_compare as R
+    from painhelm.compress.pipeline import load_model_folder
+    from painhelm.compress.source import load_source
     from painhelm.train.report_eval import render_text
 
-    from .cli import CommandError
+    from .cli import CommandError, settings_errors
 
     if args.latency_runs < 1:
         raise CommandError(f"--latency-runs must be at least 1, got {args.latency_runs}")
-    from painhelm.compress.pipeline import load_model_folder
-    from painhelm.compress.source import load_source
-
     try:
         folder = C.check_folder(args.folder)
+    except FileNotFoundError as e:
+        raise CommandError(str(e)) from None
+    with settings_errors():  # a broken model folder, or data that do not fit the model
         fitted = load_model_folder(folder / C.MODEL_DIR)
         # the model's own recorded data (dataset, mapping, task) unless told otherwise
         trials = load_source(fitted, args.dataset, args.mapping, args.task)
-    except FileNotFoundError as e:
-        raise CommandError(str(e)) from None
-    except ValueError as e:  # CompressError, or data that do not fit the model
-        if type(e).__name__ == "DataError":
-            raise
-        raise CommandError(str(e)) from None
     test = _choose_test(fitted, trials, _names(args.test_subject), _names(args.test_session))
     print(f"compare {folder}: {fitted.model_name} trained on {fitted.dataset or '?'}, {len(test)} test trials",
           flush=True)
-    try:
-        result = C.compare(folder, test, runtimes=() if args.no_runtimes else None, n_latency=args.latency_runs,
-                           progress=sys.stderr.isatty())
-    except ValueError as e:  # mismatched or corrupt exports, other channels or classes
-        raise CommandError(str(e)) from None
+    with settings_errors():  # mismatched or corrupt exports, other channels or classes
+        result = C.compare(folder, test, fitted=fitted, runtimes=() if args.no_runtimes else None,
+                           n_latency=args.latency_runs, progress=sys.stderr.isatty())
     out = Path(args.out) if args.out else folder / "compare"
     paths = R.write_compare_report(result, out)
 

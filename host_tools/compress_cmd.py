@@ -85,7 +85,8 @@ def summary_text(res: dict) -> str:
     t = res.get("tflite")
     if t:
         lines.append(f"TFLite: fp32 max |err| vs torch {t['fp32_max_abs_err']:.2g}; int8 argmax agreement "
-                     f"{100 * t['int8_argmax_agreement']:.0f} % on {len(t.get('ops', []))}-op graph check")
+                     f"{100 * t['int8_argmax_agreement']:.0f} % on sample inputs; {len(t.get('ops', []))} ops, "
+                     "no float op")
     o = res.get("onnx")
     if o:
         lines.append(f"ONNX: fp32 max |err| {o['fp32_max_abs_err']:.2g}; int8 argmax agreement "

@@ -49,26 +49,20 @@ def _load_trials(args):
     """The dataset (and task) as one trial table; user mistakes become CommandError."""
     from painhelm.train.evaluate import load_task_trials
 
-    from .cli import CommandError
+    from .cli import settings_errors
 
-    try:
+    with settings_errors():
         return load_task_trials(args.dataset, args.mapping, args.task)
-    except ValueError as e:
-        if type(e).__name__ == "DataError":
-            raise
-        raise CommandError(str(e)) from None
 
 
 def _train_config(args):
-    from .cli import CommandError
-
     from painhelm.train.fit import load_config
 
+    from .cli import settings_errors
+
     sets = list(args.set) + ([] if args.seed is None else [f"seed={args.seed}"])
-    try:
+    with settings_errors():
         return load_config(args.config, sets)  # a missing file is a FileNotFoundError: one line too
-    except ValueError as e:
-        raise CommandError(str(e)) from None
 
 
 def do_evaluate(args, fit_fn=None) -> int:

@@ -70,7 +70,7 @@ def _choose_trials(trials, subjects: str | None, exclude: list[str], exclude_ses
     if not keep:
         raise CommandError("no subjects left to train on after --subjects/--exclude-subject")
     mask = np.isin(trials.subject, keep)
-    pairs = np.char.add(np.char.add(trials.subject.astype(str), "/"), trials.session.astype(str))
+    pairs = trials.session_keys()
     for name in exclude_sessions:
         hit = (pairs == name) if "/" in name else (trials.session == name)
         if not hit.any():
@@ -104,20 +104,13 @@ def _summary(fitted, out: Path) -> str:
 def do_train(args) -> int:
     from painhelm.train.fit import fit, load_config
 
-    from .cli import CommandError
-
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ValueError as e:
-        raise CommandError(str(e)) from None
     from painhelm.train.evaluate import load_task_trials
 
-    try:
+    from .cli import settings_errors
+
+    with settings_errors():
+        cfg = load_config(args.config, args.overrides)
         trials = load_task_trials(args.dataset, args.mapping, args.task)
-    except ValueError as e:
-        if type(e).__name__ == "DataError":
-            raise
-        raise CommandError(str(e)) from None
     name = Path(args.dataset).resolve().name if args.mapping else args.dataset
     name += f"-{args.task}" if args.task else ""
     trials = _choose_trials(trials, args.subjects, args.exclude_subject, args.exclude_session)
@@ -125,17 +118,11 @@ def do_train(args) -> int:
     if not args.resume and (out / "checkpoint.pt").exists():
         print(f"painhelm: {out} holds an earlier run; starting afresh (use --resume to continue it)",
               file=sys.stderr)
-    try:
-        fitted = fit(trials, cfg, progress=sys.stderr.isatty(), out_dir=out, resume=args.resume)
-    except ValueError as e:  # bad settings for this data (unknown model, resume mismatch, ...)
-        if type(e).__name__ == "DataError":
-            raise
-        raise CommandError(str(e)) from None
     # where the data came from, so compress and compare reload exactly this table
-    fitted.extra["data"] = {"dataset": str(Path(args.dataset).resolve()) if args.mapping else args.dataset,
-                            "mapping": str(Path(args.mapping).resolve()) if args.mapping else None,
-                            "task": args.task}
-    fitted.save(out)
+    source = {"dataset": str(Path(args.dataset).resolve()) if args.mapping else args.dataset,
+              "mapping": str(Path(args.mapping).resolve()) if args.mapping else None, "task": args.task}
+    with settings_errors():  # bad settings for this data (unknown model, resume mismatch, ...)
+        fitted = fit(trials, cfg, progress=sys.stderr.isatty(), out_dir=out, resume=args.resume, source=source)
     print(_summary(fitted, out.resolve()))
     return 0
 

@@ -62,6 +62,10 @@ class _TrialTable:
         """The trials that have a label for ``head`` ("level" or "location")."""
         return self.subset(getattr(self, head) != UNLABELLED)
 
+    def session_keys(self) -> np.ndarray:
+        """``"subject/session"`` of every trial: sessions are named per subject ("R03" of S001)."""
+        return np.char.add(np.char.add(self.subject.astype(str), "/"), self.session.astype(str))
+
     def class_counts(self, head: str) -> dict[str, int]:
         """Number of trials per class name of ``head``, unlabelled trials left out."""
         names = getattr(self, head + "_names")

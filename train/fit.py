@@ -33,7 +33,7 @@ import math
 import os
 import time
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -243,7 +243,7 @@ def split_validation(trials: Trials | BandPowerTrials, val_fraction: float = 0.2
         return everything, everything[:0], {"by": "none", "groups": []}
     rng = np.random.default_rng([seed, 0x5EED])  # its own stream: the split does not move the shuffles
     for by, keys in (("subject", trials.subject),
-                     ("session", np.char.add(np.char.add(trials.subject, "/"), trials.session))):
+                     ("session", trials.session_keys())):
         groups = np.unique(keys)
         if len(groups) >= 3:
             k = min(len(groups) - 1, max(1, int(round(val_fraction * len(groups)))))
@@ -510,7 +510,8 @@ class _Determinism:
 
 
 def fit(trials: Trials | BandPowerTrials, cfg: TrainConfig, *, progress: bool = False,
-        out_dir: str | Path | None = None, resume: bool = False, init: Fitted | None = None) -> Fitted:
+        out_dir: str | Path | None = None, resume: bool = False, init: Fitted | None = None,
+        source: dict | None = None) -> Fitted:
     """Fit preprocessing and a model on training trials, with early stopping on a validation split.
 
     With ``init`` it fine-tunes instead: training starts from a deep copy of ``init.model``
@@ -541,6 +542,9 @@ def fit(trials: Trials | BandPowerTrials, cfg: TrainConfig, *, progress: bool = 
         ``n_frames``, ``image_size``, ``norm``, ``clean``) must equal ``init.cfg``'s; the
         rest (epochs, lr, seed, ...) apply as usual, as do the validation split, class
         weights, early stopping, determinism and resume (the checkpoint remembers ``init``).
+    source : dict | None
+        Where ``trials`` came from (``dataset``, ``mapping``, ``task``), recorded as
+        ``extra["data"]`` in config.json so compress and compare reload the same table.
 
     Returns
     -------
@@ -574,7 +578,7 @@ def fit(trials: Trials | BandPowerTrials, cfg: TrainConfig, *, progress: bool = 
         _check_resume(ckpt, cfg, trials, init)
 
     with _Determinism(cfg.threads, device):
-        return _fit(trials, cfg, heads, device, out, ckpt_path, ckpt, progress, init)
+        return _fit(trials, cfg, heads, device, out, ckpt_path, ckpt, progress, init, source)
 
 
 _RESUMABLE = ("epochs", "seconds", "patience", "threads", "device")
@@ -621,7 +625,7 @@ def _check_resume(ckpt: dict, cfg: TrainConfig, trials, init: Fitted | None = No
                          "(or init was given to only one of the two runs)")
 
 
-def _fit(trials, cfg, heads, device, out, ckpt_path, ckpt, progress, init=None) -> Fitted:
+def _fit(trials, cfg, heads, device, out, ckpt_path, ckpt, progress, init=None, source=None) -> Fitted:
     from tqdm.auto import tqdm
 
     t0 = time.monotonic()
@@ -754,8 +758,10 @@ def _fit(trials, cfg, heads, device, out, ckpt_path, ckpt, progress, init=None) 
     extra = {"validation": {**split, "n_trials": int(len(val_idx))},
              "n_train_trials": int(len(train_idx)), "train_subjects": sorted(set(trials.subject[train_idx].tolist())),
              "subjects": subjects,
-             "sessions": sorted(set(np.char.add(np.char.add(trials.subject, "/"), trials.session).tolist())),
+             "sessions": sorted(set(trials.session_keys().tolist())),
              "class_weights": {h: w.tolist() for h, w in weights_np.items()}}
+    if source is not None:
+        extra["data"] = dict(source)
     if init is not None:  # what was done to the model before (compress records its steps here)
         extra = {**{k: v for k, v in init.extra.items() if k not in extra}, **extra}
     fitted = Fitted(model=model, pre=pre, cfg=cfg, model_name=cfg.model, level_names=list(trials.level_names),
