@@ -16,9 +16,6 @@ from painhelm.firmware.version import VERSION
 # packages whose versions decide what the bundle's files contain
 _VERSIONED = ("painhelm", "torch", "litert-torch", "ai-edge-quantizer", "ai-edge-litert", "numpy", "mne")
 
-# decision thresholds shipped to the helmet (its decision stage reads them; 0 = no gate)
-DEFAULT_THRESHOLDS = {"min_confidence": {"level": 0.0, "location": 0.0}}
-
 
 def versions() -> dict[str, str]:
     """Installed versions of the packages that produced a bundle (missing ones omitted)."""
@@ -33,14 +30,38 @@ def versions() -> dict[str, str]:
     return out
 
 
+def write_selftest(path: str | Path, tflite_int8: str | Path, n_cases: int = 2, seed: int = 0) -> Path:
+    """Write ``selftest.bin``: ``n_cases`` seeded int8 inputs and the outputs TensorFlow Lite
+    Micro gives for them (layout: ``painhelm.firmware.bundle.SELFTEST_HEADER``). The helmet
+    runs them before it uses the bundle, so a model its interpreter would compute wrongly,
+    or a corrupted file that still matches its hash, is refused at boot."""
+    import struct
+
+    from painhelm.compress.export import TFLMRunner
+
+    runner = TFLMRunner(tflite_int8)
+    shape = tuple(int(v) for v in runner._it.get_input_details(0)["shape"])[1:]
+    rng = np.random.default_rng(seed)
+    # spread like real images: around the zero point, a few saturating pixels
+    x = np.clip(np.rint(rng.normal(runner.input_zero_point, 40, (n_cases,) + shape)), -128, 127).astype(np.int8)
+    lv, lc = runner.predict_int8(x)
+    parts = [struct.pack(fmt.SELFTEST_HEADER, fmt.SELFTEST_MAGIC, n_cases, int(np.prod(shape)),
+                         lv.shape[1], lc.shape[1])]
+    for i in range(n_cases):
+        parts += [x[i].tobytes(), lv[i].tobytes(), lc[i].tobytes()]
+    Path(path).write_bytes(b"".join(parts))
+    return Path(path)
+
+
 def write_bundle(out_dir: str | Path, tflite_int8: str | Path, pre, level_names: list[str],
                  location_names: list[str], input_scale: float, input_zero_point: int,
-                 thresholds: dict | None = None, source: dict | None = None) -> Path:
+                 decision: dict | None = None, source: dict | None = None) -> Path:
     """Write ``out_dir`` with model, preprocessing, topomap matrix and (last) the manifest.
 
     ``pre`` is a :class:`painhelm.train.features.Preprocessing`; ``input_scale`` and
-    ``input_zero_point`` are the int8 model's input quantization; ``thresholds`` are the
-    decision gates (default :data:`DEFAULT_THRESHOLDS`); ``source`` describes where the
+    ``input_zero_point`` are the int8 model's input quantization; ``decision`` is the decision
+    stage's calibrated section (``painhelm.compress.decisions.calibrate``; None: none is
+    written and the helmet runs without gates); ``source`` describes where the
     model came from (model folder, its SHA-256, compression) and goes into the manifest
     beside the versions of the tools. A ``pre`` fitted on band-power tables (no raw-EEG
     front end) cannot drive a helmet and is refused.
@@ -61,12 +82,15 @@ def write_bundle(out_dir: str | Path, tflite_int8: str | Path, pre, level_names:
         "input_scale": float(input_scale), "input_zero_point": int(input_zero_point),
         "level_names": list(level_names), "location_names": list(location_names),
         "clean": pre.clean is not None, "n_per_seg": pre.n_per_seg,
-        "thresholds": thresholds if thresholds is not None else DEFAULT_THRESHOLDS,
     }
+    if decision is not None:
+        preproc["decision"] = decision
     assert set(fmt.PREPROC_KEYS) <= set(preproc)
     (out / fmt.PREPROC_FILE).write_text(json.dumps(preproc))
     (out / fmt.TOPOMAP_FILE).write_bytes(np.asarray(pre.W, dtype="<f4").tobytes())
     names = list(fmt.FILES)
+    write_selftest(out / fmt.SELFTEST_FILE, tflite_int8)
+    names.append(fmt.SELFTEST_FILE)
     (out / fmt.CLEAN_FILE).unlink(missing_ok=True)
     if pre.clean is not None:
         (out / fmt.CLEAN_FILE).write_bytes(np.asarray(pre.clean, dtype="<f4").tobytes())

@@ -4,9 +4,10 @@ Every exported file is reloaded in its own runtime and checked against torch bef
 export returns. The int8 .tflite is the helmet's model: int8 input and outputs, no float
 ops, per-channel weights, min/max-calibrated activations, the LSTM unrolled (no WHILE).
 
-The host int8 TFLite runner uses LiteRT's reference kernels (OpResolverType.BUILTIN_REF):
-the helmet's pure-Python interpreter (painhelm.firmware.interp) reproduces them value for
-value, whereas the XNNPACK delegate and the optimized builtins requantize differently.
+The helmet's pure-Python interpreter (painhelm.firmware.interp) reproduces TensorFlow Lite
+Micro (`TFLMRunner`) value for value. `TFLiteRunner` runs LiteRT's reference kernels
+(OpResolverType.BUILTIN_REF), which round a few ops differently (float LOGISTIC / TANH /
+SOFTMAX tables, single-rounding per-channel FULLY_CONNECTED), so some int8 outputs differ.
 """
 
 from __future__ import annotations
@@ -155,7 +156,8 @@ class OnnxRunner:
 
 
 class TFLMRunner:
-    """TensorFlow Lite Micro (PyPI `tflite_micro`) runner for model_int8.tflite."""
+    """TensorFlow Lite Micro (PyPI `tflite_micro`) runner for model_int8.tflite: the
+    reference the helmet's interpreter matches bit for bit."""
 
     def __init__(self, path: str | os.PathLike, arena_size: int = 256 * 1024,
                  widths: tuple[int, int] | None = None):

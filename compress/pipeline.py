@@ -213,9 +213,13 @@ def compress_model(model_dir: str | Path, out_dir: str | Path | None = None, *,
             onx = export.export_onnx(model, calib, tmp)
             summary["onnx"] = {k: (Path(v).name if k in ("fp32", "int8") else v) for k, v in onx.items()}
         if wants_bundle:
+            from painhelm.compress.decisions import calibrate_for_model
+
+            _step(log, "calibrating the helmet's decision gates (quality, OOD, confidence) on the training trials")
+            decision, summary["decision"] = calibrate_for_model(fitted, train, tmp / export.TFLITE_INT8)
             _step(log, "writing the helmet bundle")
             write_bundle(tmp / BUNDLE_SUBDIR, tmp / export.TFLITE_INT8, fitted.pre, fitted.level_names,
-                         fitted.location_names, tfl["input_scale"], tfl["input_zero_point"],
+                         fitted.location_names, tfl["input_scale"], tfl["input_zero_point"], decision=decision,
                          source={"model_sha256": summary["source"]["model_sha256"],
                                  "model": fitted.model_name, "prune": prune, "qat": qat})
         summary["files"] = {p.relative_to(tmp).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p)}

@@ -1,8 +1,14 @@
-"""The helmet application: window in, pain report out, over the serial console.
+"""The helmet application: samples in, pain reports out.
 
-Data flows one way: samples -> band powers (dsp) -> int8 images (topomap) -> int8 model
-(interp) -> decision -> report frame (wire). Everything is computed here, on the device;
-buffers are allocated once when the bundle is loaded.
+Data flows one way::
+
+    source -> window buffer (ring.Slider) -> quality -> cleaning -> band powers (dsp)
+           -> int8 images (topomap) -> int8 model (engine) -> decision (decide) -> report (wire)
+
+``Helmet`` is one loaded bundle and its preallocated buffers: ``process`` turns one window
+into one report. ``Runtime`` is the device: it answers the link, runs the acquisition
+source, fills the window buffer and reports every ``hop`` samples, sends heartbeats and feeds
+the watchdog. Everything runs unchanged on MicroPython and on CPython (Raspberry Pi).
 """
 
 import gc
@@ -10,18 +16,36 @@ import json
 import sys
 import time
 from array import array
-from math import exp
 
 try:  # imported as painhelm.firmware.app on a host
-    from . import bundle, clean, dsp, interp, topomap, version, wire
+    from . import bundle, config, engine, slots, version, wire
 except ImportError:  # flat on the helmet's filesystem
     import bundle
-    import clean
-    import dsp
-    import interp
-    import topomap
+    import config
+    import engine
+    import slots
     import version
     import wire
+
+# The pipeline's own modules (dsp, topomap, clean, quality, decide) are imported by
+# ``Helmet`` after the model is loaded: loading the interpreter needs a transient peak of
+# RAM that a 256 KB board only has before their code is in it.
+clean = decide = dsp = quality = topomap = None
+
+
+def _import_pipeline():
+    global clean, decide, dsp, quality, topomap
+    if dsp is not None:
+        return
+    try:
+        from . import clean as c, decide as d, dsp as s, quality as q, topomap as t
+    except ImportError:
+        import clean as c
+        import decide as d
+        import dsp as s
+        import quality as q
+        import topomap as t
+    clean, decide, dsp, quality, topomap = c, d, s, q, t
 
 try:
     import uctypes
@@ -32,6 +56,7 @@ if hasattr(time, "ticks_us"):
     ticks_us = time.ticks_us
     ticks_ms = time.ticks_ms
     ticks_diff = time.ticks_diff
+    sleep_ms = time.sleep_ms
 else:  # CPython (Raspberry Pi)
     def ticks_us():
         return int(time.perf_counter() * 1000000)
@@ -42,6 +67,9 @@ else:  # CPython (Raspberry Pi)
     def ticks_diff(a, b):
         return a - b
 
+    def sleep_ms(ms):
+        time.sleep(ms / 1000)
+
 
 def _fill_f32(arr, data):
     """Copy little-endian float32 bytes into the preallocated array('f') ``arr``."""
@@ -51,24 +79,17 @@ def _fill_f32(arr, data):
         memoryview(arr).cast("B")[:] = data
 
 
-def _argmax_conf(q, scale, zero_point):
-    """Index of the largest int8 logit and its softmax probability scaled to 0..255."""
-    best = 0
-    for i in range(1, len(q)):
-        if q[i] > q[best]:
-            best = i
-    top = (q[best] - zero_point) * scale
-    total = 0.0
-    for v in q:
-        total += exp((v - zero_point) * scale - top)
-    return best, int(255.0 / total + 0.5)
-
-
 class Helmet:
-    """A loaded bundle plus its preallocated buffers; ``infer`` handles one window."""
+    """A loaded, self-tested bundle plus its preallocated buffers."""
 
-    def __init__(self, root=bundle.BUNDLE_DIR):
-        pre, W, model, self.clean = bundle.load(root)
+    def __init__(self, root=bundle.BUNDLE_DIR, engine_kind="auto"):
+        # Order matters on a 256 KB board: the model's bytes, then the interpreter (its
+        # loader needs a large transient peak), then the big buffers while free RAM is
+        # still in large pieces, and only then the pipeline's code.
+        gc.collect()
+        pre, _, model, self.clean = bundle.load(root, topomap=False)
+        man = bundle.manifest(root)
+        self.model_sha256 = man["files"][bundle.MODEL_FILE]["sha256"]
         self.pre = pre
         self.n_ch = n_ch = len(pre["ch_names"])
         self.n_times = pre["n_times"]
@@ -76,13 +97,20 @@ class Helmet:
         self.n_bands = len(pre["bands"])
         self.n_pix = pre["image_size"] * pre["image_size"]
         self.sfreq = pre["sfreq"]
-        self.W = W
-        self.mask = topomap.head_mask(W, self.n_pix, n_ch)
-        self.mean = array("f", pre["mean"])
-        self.inv_std = array("f", [1.0 / s for s in pre["std"]])
-        self.interp = interp.Interpreter(model)
-        n_in = self.n_frames * self.n_bands * self.n_pix
-        shape = tuple(self.interp.input_shape)
+        self.engine = engine.make(engine_kind, model, root)
+        del model
+        gc.collect()
+        size = n_ch * self.n_times
+        # zeroed from bytes: a temporary of 4 bytes a value, not a list of floats
+        self.x = array("f", bytes(4 * size))  # the raw window, channel-major
+        # the cleaned window; a second buffer because each output channel reads every input
+        self._xc = array("f", bytes(4 * size)) if self.clean is not None else self.x
+        self.W, self.mask = bundle.read_topomap_packed(root, self.n_pix, n_ch)
+        gc.collect()
+        _import_pipeline()
+        self.mean = array("f", pre.pop("mean"))
+        self.inv_std = array("f", [1.0 / s for s in pre.pop("std")])
+        shape = tuple(self.engine.input_shape)
         if shape != (1, self.n_frames, self.n_bands, pre["image_size"], pre["image_size"]):
             raise bundle.BundleError("model input is %s, preproc makes (1, %d, %d, %d, %d)"
                                      % (shape, self.n_frames, self.n_bands, pre["image_size"], pre["image_size"]))
@@ -92,113 +120,410 @@ class Helmet:
         # 1-wide dummy output, which is never reported.
         n_levels = len(pre["level_names"])
         n_locations = len(pre["location_names"])
-        outs = self.interp.outputs
+        self.has_level = n_levels > 0
+        self.has_location = n_locations > 0
+        outs = self.engine.outputs
         if len(outs) != 2 or outs[0]["shape"][-1] != max(n_levels, 1) \
                 or outs[1]["shape"][-1] != max(n_locations, 1):
             raise bundle.BundleError("model outputs %s do not match %d levels and %d locations"
                                      % ([o["shape"] for o in outs], n_levels, n_locations))
-        self.level_out = 0
-        self.location_out = 1
-        self.has_level = n_levels > 0
-        self.has_location = n_locations > 0
+        # known answers before the first real window: a bundle that computes wrong is refused
+        self.selftest_cases = bundle.selftest(root, self.engine, 0 if self.engine.name == "micro"
+                                              else engine.OTHER_TOLERANCE)
+        dec = pre.pop("decision", None)  # kept only in the objects built from it: RAM
+        self.quality = quality.Quality(n_ch, self.n_times, self.sfreq, dec.get("quality") if dec else None)
+        self.decider = decide.Decider(n_levels, n_locations, dec)
+        del dec
+        gc.collect()
         self.bp = dsp.BandPower(n_ch, self.n_times, self.n_frames, self.sfreq,
                                 [tuple(b) for b in pre["bands"]], n_per_seg=pre.get("n_per_seg"))
-        self._x = array("f", [0.0] * (n_ch * self.n_times))
-        # the cleaned window; a second buffer because each output channel reads every input
-        self._xc = array("f", [0.0] * (n_ch * self.n_times)) if self.clean is not None else self._x
-        self._logbp = array("f", [0.0] * (self.n_frames * self.n_bands * n_ch))
-        self._z = array("f", [0.0] * n_ch)
-        self._input = array("b", [0] * n_in)
+        self.logbp = array("f", bytes(4 * self.n_frames * self.n_bands * n_ch))
+        self._z = array("f", bytes(4 * n_ch))
+        self._input = array("b", bytes(self.n_frames * self.n_bands * self.n_pix))
+        self._no_logits = (bytes(max(n_levels, 1)), bytes(max(n_locations, 1)))  # a window never run
+        self.report_seq = 0
+        self.dsp_us = self.infer_us = 0  # of the last window
+
+    def process(self, sample_index=0):
+        """Turn the window in ``self.x`` (raw µV, channel-major) into a MSG_REPORT payload."""
+        t0 = ticks_us()
+        q = self.quality
+        q.check(self.x)
+        d = self.decider
+        if q.flags & quality.QF_NONFINITE:  # NaN/inf samples: nothing downstream can use them
+            d.ood = 0.0
+            reasons = d.withhold(decide.REASON_QUALITY)
+            self.report_seq += 1
+            return wire.pack_report(self.report_seq, ticks_ms(), sample_index, d.level, d.location,
+                                    0, 0, reasons, q.flags, 0.0, q.bad, ticks_diff(ticks_us(), t0), 0,
+                                    self._no_logits[0], self._no_logits[1])
+        if self.clean is not None:
+            clean.apply_matrix(self.clean, self.x, self.n_ch, self.n_times, self._xc)
+        self.bp.compute(self._xc, self.logbp)
+        ood = self.decider.ood_of(self.logbp)
+        topomap.images_int8(self.logbp, self.mean, self.inv_std, self.W, self.n_frames,
+                            self.n_bands, self.n_ch, self.n_pix, self.scale, self.zero_point,
+                            self._z, self._input, self.mask, True)
+        t1 = ticks_us()
+        eng = self.engine
+        eng.invoke(self._input)
+        lq = eng.output(0)
+        cq = eng.output(1)
+        t2 = ticks_us()
+        lo, co = eng.outputs
+        reasons = d.update(lq, lo["scale"], lo["zero_point"], cq, co["scale"], co["zero_point"], q.ok, ood)
+        self.report_seq += 1
+        self.dsp_us = ticks_diff(t1, t0)
+        self.infer_us = ticks_diff(t2, t1)
+        return wire.pack_report(self.report_seq, ticks_ms(), sample_index, d.level, d.location,
+                                d.level_conf, d.location_conf, reasons, q.flags, ood, q.bad,
+                                self.dsp_us, self.infer_us, lq, cq)
 
     def infer(self, payload):
-        """Run one MSG_INFER payload; return the MSG_REPORT payload."""
+        """One MSG_INFER payload -> MSG_REPORT payload; each window is judged on its own
+        (the smoothing across windows belongs to a stream)."""
         n_ch, n_times, sfreq, off = wire.unpack_window_header(payload)
         if n_ch != self.n_ch or n_times != self.n_times:
             raise ValueError("window is %d ch x %d samples, bundle expects %d x %d"
                              % (n_ch, n_times, self.n_ch, self.n_times))
-        t0 = ticks_us()
-        _fill_f32(self._x, payload[off:])
-        if self.clean is not None:
-            clean.apply_matrix(self.clean, self._x, self.n_ch, self.n_times, self._xc)
-        self.bp.compute(self._xc, self._logbp)
-        topomap.images_int8(self._logbp, self.mean, self.inv_std, self.W, self.n_frames,
-                            self.n_bands, self.n_ch, self.n_pix, self.scale, self.zero_point,
-                            self._z, self._input, self.mask)
-        self.interp.invoke(self._input)
-        lo = self.interp.outputs[self.level_out]
-        co = self.interp.outputs[self.location_out]
-        level_q = self.interp.output(self.level_out)
-        location_q = self.interp.output(self.location_out)
-        level, level_conf = _argmax_conf(level_q, lo["scale"], lo["zero_point"])
-        location, location_conf = _argmax_conf(location_q, co["scale"], co["zero_point"])
-        if not self.has_level:
-            level, level_conf = wire.NO_HEAD, 0
-        if not self.has_location:
-            location, location_conf = wire.NO_HEAD, 0
-        infer_us = ticks_diff(ticks_us(), t0)
-        return wire.pack_report(level, location, level_conf, location_conf, 0, ticks_ms(),
-                                infer_us, level_q, location_q)
+        if abs(sfreq - self.sfreq) > 1e-3 * self.sfreq:
+            raise ValueError("window sampled at %g Hz, bundle expects %g Hz" % (sfreq, self.sfreq))
+        _fill_f32(self.x, payload[off:])
+        self.decider.reset()
+        return self.process(0)
 
 
-def info(helmet, error=None):
-    """The device description sent in MSG_PONG (json)."""
-    gc.collect()
-    d = {"firmware": version.VERSION, "protocol": wire.PROTOCOL_VERSION,
-         "platform": sys.platform, "impl": sys.implementation.name}
-    if hasattr(gc, "mem_free"):
-        d["mem_free"] = gc.mem_free()
-    if helmet is not None:
-        d["model_input"] = list(helmet.interp.input_shape)
-        d["ch_names"] = helmet.pre["ch_names"]
-    if error:
-        d["bundle_error"] = error
-    return json.dumps(d)
-
-
-def serve(stream_in, stream_out, root=bundle.BUNDLE_DIR):
-    """Answer frames read from ``stream_in`` until it closes."""
-    helmet = None
-    error = None
+def _make_link(cfg):
+    if cfg["link"] == "ble":
+        try:
+            from . import link_ble
+        except ImportError:
+            import link_ble
+        return link_ble.BleLink(name=cfg["ble_name"])
     try:
-        helmet = Helmet(root)
-    except (bundle.BundleError, ValueError) as e:
-        error = str(e)
-    write = stream_out.write
+        from . import link_serial
+    except ImportError:
+        import link_serial
+    return link_serial.SerialLink()
 
-    def send(msg_type, seq, payload):
-        write(wire.encode_line(msg_type, seq, payload))
-        if hasattr(stream_out, "flush"):
-            stream_out.flush()
 
-    def handle_frame(msg_type, seq, payload):
+def _sources():
+    try:
+        from . import sources
+    except ImportError:
+        import sources
+    return sources
+
+
+def _ring():
+    try:
+        from . import ring
+    except ImportError:
+        import ring
+    return ring
+
+
+def _watchdog(ms):
+    """machine.WDT where the port has one (boards), else None (unix port, CPython)."""
+    if not ms:
+        return None
+    try:
+        from machine import WDT
+    except ImportError:
+        return None
+    return WDT(timeout=ms)
+
+
+class Runtime:
+    """The device: link, acquisition, windows, reports, heartbeats, watchdog."""
+
+    CHUNK = 32  # samples moved from the source to the window per read
+
+    def __init__(self, link, cfg=None, cfg_error=None):
+        self.link = link
+        self.cfg = dict(config.DEFAULTS) if cfg is None else cfg
+        self.cfg_error = cfg_error
+        self.parser = None
+        self.commands = wire.CommandLog()
+        self.helmet = None
+        self.slot = None
+        self.bundle_errors = []
+        self.source = None
+        self.streaming = False
+        self.reports = 0
+        self._wdt = _watchdog(self.cfg["watchdog_ms"])
+        self._next_beat = ticks_ms()
+        self.open_bundle()
+
+    # ------------------------------------------------------------------ bundle
+
+    def open_bundle(self):
+        """(Re)open the best bundle (a pending one is self-tested and promoted first)."""
+        self.stop()
+        self.helmet = None
+        self.parser = None
+        gc.collect()
+        kind = self.cfg["engine"]
+
+        self.helmet, self.slot, self.bundle_errors = slots.open_first(lambda root: Helmet(root, kind))
+        self._make_parser(None if self.helmet is None else self.helmet.pre)
+        gc.collect()
+
+    def _make_parser(self, pre):
+        """A line parser whose frame buffer fits what this bundle takes, not the protocol's
+        32 KB bound: RAM is the helmet's scarcest resource. A whole INFER window when
+        there is room for it; on a board where there is not (a 256 KB heap), SAMPLES frames
+        of up to ``sources.LINK_CAPACITY`` samples only, and INFER is refused as too long
+        (``info()["max_payload"]`` tells the host which)."""
+        self.parser = None
+        gc.collect()
+        sizes = [1024]
+        if pre is not None:
+            n_ch = len(pre["ch_names"])
+            stream = 8 + 4 * n_ch * _sources().LINK_CAPACITY
+            sizes = [max(stream, 8 + 4 * n_ch * pre["n_times"]), max(stream, 1024)]
+        for payload in sizes:
+            try:
+                self.parser = wire.LineParser(self._on_frame, None, self._on_bad_frame,
+                                              ((wire.HEADER_SIZE + payload + wire.CRC_SIZE + 2) // 3) * 4 + 2)
+                self.max_payload = payload
+                return
+            except MemoryError:
+                gc.collect()
+        raise MemoryError("no room for the link's frame buffer")
+
+    def error(self):
+        """Why there is no usable bundle (or None)."""
+        if self.helmet is not None:
+            return None
+        if self.bundle_errors:
+            return "; ".join("%s: %s" % e for e in self.bundle_errors)
+        return "no bundle on the device (flash one)"
+
+    def state(self):
+        if self.helmet is None:
+            return wire.STATE_NO_BUNDLE
+        return wire.STATE_STREAMING if self.streaming else wire.STATE_IDLE
+
+    def info(self):
+        """The device description sent in MSG_PONG (json)."""
+        gc.collect()
+        d = {"firmware": version.VERSION, "protocol": wire.PROTOCOL_VERSION,
+             "platform": sys.platform, "impl": sys.implementation.name,
+             "state": self.state(), "link": self.cfg["link"], "source": self.cfg["source"].get("kind")}
+        if hasattr(gc, "mem_free"):
+            d["mem_free"] = gc.mem_free()
+        h = self.helmet
+        if h is not None:
+            d["bundle"] = self.slot
+            d["model_sha256"] = h.model_sha256
+            d["engine"] = h.engine.name
+            d["selftest_cases"] = h.selftest_cases
+            d["model_input"] = list(h.engine.input_shape)
+            d["ch_names"] = h.pre["ch_names"]
+            d["sfreq"] = h.sfreq
+            d["n_times"] = h.n_times
+            d["hop"] = self._hop()
+            d["max_payload"] = self.max_payload
+            d["samples_per_frame"] = _sources().LINK_CAPACITY
+        err = self.error()
+        if err:
+            d["bundle_error"] = err
+        elif self.bundle_errors:
+            d["bundle_refused"] = "; ".join("%s: %s" % e for e in self.bundle_errors)
+        if self.cfg_error:
+            d["config_error"] = self.cfg_error
+        return json.dumps(d)
+
+    # ------------------------------------------------------------------ acquisition
+
+    def _hop(self):
+        return self.cfg["hop"] or self.helmet.n_times
+
+    def start(self):
+        """Start acquiring from the configured source; ValueError if it cannot."""
+        h = self.helmet
+        if h is None:
+            raise ValueError(self.error())
+        if self.streaming:
+            return
+        ring_mod = _ring()
+        self.source = _sources().make_source(self.cfg["source"], h.n_ch, h.sfreq)
+        # samples go straight into the helmet's window buffer: no second copy of the signal
+        self.window = ring_mod.Slider(h.x, h.n_ch, h.n_times)
+        self._buf = array("f", bytes(4 * self.CHUNK * h.n_ch))
+        h.decider.reset()
+        self.source.start()
+        self.streaming = True
+
+    def stop(self):
+        if self.streaming:
+            self.source.stop()
+            self.streaming = False
+
+    def pump(self):
+        """Move available samples into the window and report each time it is full.
+        Returns True when it did any work."""
+        if not self.streaming:
+            return False
+        h = self.helmet
+        w = self.window
+        busy = False
+        while True:
+            want = w.room() + w.skip
+            n = self.source.read(self._buf, want if want < self.CHUNK else self.CHUNK)
+            if not n:
+                break
+            busy = True
+            w.push(self._buf, n)
+            if w.full():
+                self._send(wire.MSG_REPORT, 0, h.process(w.total))
+                self.reports += 1
+                w.slide(self._hop())
+                gc.collect()
+        return busy
+
+    # ------------------------------------------------------------------ link
+
+    def _send(self, msg_type, seq, payload):
+        self.link.write(wire.encode_line(msg_type, seq, payload))
+
+    def _on_bad_frame(self, exc):
+        self._send(wire.MSG_ERROR, 0, wire.pack_error(wire.ERR_BAD_FRAME, exc))
+
+    def _on_frame(self, msg_type, seq, payload):
+        try:
+            self._dispatch(msg_type, seq, payload)
+        except MemoryError:
+            gc.collect()
+            self._send(wire.MSG_ERROR, seq, wire.pack_error(wire.ERR_INTERNAL, "out of memory"))
+
+    def _dispatch(self, msg_type, seq, payload):
+        h = self.helmet
         if msg_type == wire.MSG_INFER:
-            if helmet is None:
-                send(wire.MSG_ERROR, seq, wire.pack_error(wire.ERR_NO_MODEL, error))
+            if h is None:
+                self._send(wire.MSG_ERROR, seq, wire.pack_error(wire.ERR_NO_MODEL, self.error()))
+                return
+            if self.streaming:  # INFER would overwrite the window the stream is filling
+                self._send(wire.MSG_ERROR, seq, wire.pack_error(
+                    wire.ERR_BAD_PAYLOAD, "the helmet is streaming from its source; send CMD_STOP first"))
                 return
             try:
-                send(wire.MSG_REPORT, seq, helmet.infer(payload))
+                self._send(wire.MSG_REPORT, seq, h.infer(payload))
+                self.reports += 1
             except ValueError as e:
-                send(wire.MSG_ERROR, seq, wire.pack_error(wire.ERR_BAD_PAYLOAD, e))
+                self._send(wire.MSG_ERROR, seq, wire.pack_error(wire.ERR_BAD_PAYLOAD, e))
+        elif msg_type == wire.MSG_SAMPLES:
+            try:
+                if not self.streaming:
+                    if self.cfg["source"].get("kind") != "link":
+                        raise ValueError("samples arrived but the source is %s, not link"
+                                         % self.cfg["source"].get("kind"))
+                    self.start()  # streaming samples from the host starts a link source
+                self.source.feed(payload)
+            except ValueError as e:
+                self._send(wire.MSG_ERROR, seq, wire.pack_error(wire.ERR_BAD_PAYLOAD, e))
+                return
+            self.pump()
+        elif msg_type == wire.MSG_COMMAND:
+            ack = self.commands.lookup(seq, payload)
+            if ack is None:  # a new command (a retried one gets its first answer again)
+                ack = self._command(payload)
+                self.commands.store(seq, ack, payload)
+            self._send(wire.MSG_ACK, seq, ack)
+            if self._reboot:
+                self._reboot = False
+                self.reload()
         elif msg_type == wire.MSG_PING:
-            send(wire.MSG_PONG, seq, info(helmet, error).encode())
+            self._send(wire.MSG_PONG, seq, self.info().encode())
         else:
-            send(wire.MSG_ERROR, seq, wire.pack_error(wire.ERR_UNKNOWN_TYPE, "unknown message type %d" % msg_type))
+            self._send(wire.MSG_ERROR, seq,
+                       wire.pack_error(wire.ERR_UNKNOWN_TYPE, "unknown message type %d" % msg_type))
 
-    def handle_error(exc):
-        send(wire.MSG_ERROR, 0, wire.pack_error(wire.ERR_BAD_FRAME, exc))
+    _reboot = False
 
-    parser = wire.LineParser(handle_frame, None, handle_error)
-    send(wire.MSG_PONG, 0, info(helmet, error).encode())  # announce: ready
-    while True:
-        line = stream_in.readline()
-        if not line:
-            return
-        parser.feed(line)
-        gc.collect()
+    def _command(self, payload):
+        """Execute one command; return its MSG_ACK payload."""
+        try:
+            code, args = wire.unpack_command(payload)
+        except ValueError as e:
+            return wire.pack_ack(wire.ACK_FAILED, "bad command: %s" % e)
+        try:
+            if code == wire.CMD_START:
+                self.start()
+            elif code == wire.CMD_STOP:
+                self.stop()
+            elif code == wire.CMD_CONFIG:
+                new = config.merge(self.cfg, args or {})
+                restart = self.streaming
+                self.stop()
+                old_engine = self.cfg["engine"]
+                self.cfg = new
+                if new["engine"] != old_engine:
+                    self.open_bundle()
+                if restart:
+                    self.start()
+                return wire.pack_ack(wire.ACK_OK, json.dumps(new))
+            elif code == wire.CMD_RESET:
+                if self.helmet is not None:
+                    self.helmet.decider.reset()
+                if self.streaming:
+                    self.window.reset()
+            elif code == wire.CMD_REBOOT:
+                self._reboot = True
+            else:
+                return wire.pack_ack(wire.ACK_UNKNOWN, "unknown command %d" % code)
+        except (ValueError, OSError) as e:
+            return wire.pack_ack(wire.ACK_FAILED, str(e))
+        return wire.pack_ack(wire.ACK_OK)
+
+    def reload(self):
+        """Settings file and bundle again, as after a reset (a pending bundle is tried)."""
+        cfg, err = config.load()
+        self.cfg, self.cfg_error = cfg, err
+        self.open_bundle()
+
+    # ------------------------------------------------------------------ loop
+
+    def step(self):
+        """One pass of the main loop; returns True when it did any work."""
+        busy = False
+        data = self.link.poll()
+        if data:
+            self.parser.feed(data)
+            busy = True
+        if self.pump():
+            busy = True
+        now = ticks_ms()
+        if self.cfg["heartbeat_ms"] and ticks_diff(now, self._next_beat) >= 0:
+            self._next_beat = now + self.cfg["heartbeat_ms"]
+            dropped = self.source.dropped if self.source is not None else 0
+            kb = gc.mem_free() // 1024 if hasattr(gc, "mem_free") else 0
+            self._send(wire.MSG_HEARTBEAT, 0, wire.pack_heartbeat(now, self.reports, dropped, self.state(), kb))
+        if self._wdt is not None:
+            self._wdt.feed()
+        return busy
+
+    def run(self):
+        """Announce, then serve until the link closes (never, on a board)."""
+        self._send(wire.MSG_PONG, 0, self.info().encode())  # announce: ready
+        if self.cfg["autostart"] and self.helmet is not None:
+            try:
+                self.start()
+            except ValueError as e:
+                self._send(wire.MSG_ERROR, 0, wire.pack_error(wire.ERR_INTERNAL, e))
+        while not getattr(self.link, "closed", False):
+            if not self.step():
+                sleep_ms(1)
 
 
 def main():
-    """Entry point called by main.py: serve on the console."""
-    stdin = getattr(sys.stdin, "buffer", sys.stdin)
-    stdout = getattr(sys.stdout, "buffer", sys.stdout)
-    serve(stdin, stdout)
+    """Entry point called by main.py: settings, link, then the device loop."""
+    cfg, err = config.load()
+    try:
+        link = _make_link(cfg)
+    except (ImportError, OSError, ValueError) as e:  # e.g. no radio: fall back to the console
+        err = (err + "; " if err else "") + "link %s unavailable (%s), using serial" % (cfg["link"], e)
+        cfg["link"] = "serial"
+        link = _make_link(cfg)
+    Runtime(link, cfg, err).run()

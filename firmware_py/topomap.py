@@ -28,7 +28,7 @@ def head_mask(W, n_pix, n_ch):
 
 
 def images_int8(logbp, mean, inv_std, W, n_frames, n_bands, n_ch, n_pix, scale, zero_point, z, out,
-                mask=None):
+                mask=None, packed=False):
     """Write quantized images of one window into ``out``.
 
     Parameters
@@ -48,6 +48,8 @@ def images_int8(logbp, mean, inv_std, W, n_frames, n_bands, n_ch, n_pix, scale, 
     mask : bytearray of n_pix flags, optional
         ``head_mask(W, ...)``: pixels outside the head are 0 (the zero point) without the
         n_ch multiply-adds; a quarter to a half of the grid.
+    packed : bool
+        W holds only the rows where ``mask`` is set (``bundle.read_topomap_packed``).
     """
     zp = quantize_value(0.0, scale, zero_point)
     for fr in range(n_frames):
@@ -57,11 +59,13 @@ def images_int8(logbp, mean, inv_std, W, n_frames, n_bands, n_ch, n_pix, scale, 
             for ch in range(n_ch):
                 z[ch] = (logbp[src + ch] - mean[nb + ch]) * inv_std[nb + ch]
             dst = (fr * n_bands + b) * n_pix
+            r = 0
             for p in range(n_pix):
                 if mask is not None and not mask[p]:
                     out[dst + p] = zp
                     continue
-                row = p * n_ch
+                row = (r if packed else p) * n_ch
+                r += 1
                 acc = 0.0
                 for ch in range(n_ch):
                     acc += W[row + ch] * z[ch]

@@ -51,7 +51,8 @@ def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, max_epoch
     ``port`` uses a real board instead of starting a virtual helmet.
     """
     from painhelm.compress.bundle import write_bundle
-    from painhelm.compress.export import TFLiteRunner, export_onnx, export_tflite, quantize_array
+    from painhelm.compress.decisions import calibrate
+    from painhelm.compress.export import TFLMRunner, export_onnx, export_tflite, quantize_array
     from painhelm.train.features import Preprocessing
     from painhelm.train.synthetic import make_synthetic
     from painhelm.train.trainer import predict, train_model
@@ -97,9 +98,13 @@ def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, max_epoch
     calib = x_train[np.random.default_rng(seed).permutation(len(x_train))[:128]]
     tfl = export_tflite(model, calib, export_dir)
     onx = export_onnx(model, calib, export_dir)
-    runner = TFLiteRunner(tfl["int8"])
+    runner = TFLMRunner(tfl["int8"])  # TensorFlow Lite Micro: the helmet reproduces it bit for bit
+    # decision gates from the training subjects only; train_model holds out no validation
+    # subject, so the confidence gate stays off (docs/decisions.md)
+    decision, decision_record = calibrate(pre, train, dataset="synthetic-pain")
+    (out / "decision_calibration.json").write_text(json.dumps(decision_record, indent=1))
     bundle_dir = write_bundle(out / "bundle", tfl["int8"], pre, ws.level_names, ws.location_names,
-                              runner.input_scale, runner.input_zero_point)
+                              runner.input_scale, runner.input_zero_point, decision=decision)
 
     float_logits = predict(model, x_test)
     # int8 logits once; their argmax is the class (dequantization is monotonic)
@@ -147,8 +152,18 @@ def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, max_epoch
     stages.stop()
     dev_level_q = np.array([r["level_q"] for r in reports], dtype=np.int8)
     dev_loc_q = np.array([r["location_q"] for r in reports], dtype=np.int8)
-    preds["level"]["device"] = np.array([r["level"] for r in reports])
-    preds["location"]["device"] = np.array([r["location"] for r in reports])
+    # the model's decision on the device is the argmax of its int8 logits; what it
+    # reports may instead be "uncertain" when a gate fails (counted below)
+    preds["level"]["device"] = dev_level_q.argmax(1)
+    preds["location"]["device"] = dev_loc_q.argmax(1)
+    reasons = np.array([r["reasons"] for r in reports])
+    from painhelm.firmware.decide import REASON_NAMES
+
+    withheld = {name: int(np.sum(reasons & bit != 0)) for bit, name in REASON_NAMES}
+    reported = reasons == 0
+    reported_acc = {h: float(np.mean(np.array([r[h] for r in reports])[reported] == test_labels))
+                    for h, test_labels in (("level", test.level[reported]), ("location", test.location[reported]))} \
+        if reported.any() else {}
     heads = {h: report.compare_head(p) for h, p in preds.items()}
     logits_equal = float(np.mean(np.concatenate([(dev_level_q == host_level_q).ravel(),
                                                  (dev_loc_q == host_loc_q).ravel()])))
@@ -166,8 +181,11 @@ def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, max_epoch
                 f"tested on held-out {test_subject}",
         "held-out windows": len(test),
         "device": f"virtual helmet, MicroPython unix port, heap {heapsize}" if helmet else port,
-        "device int8 logits identical to host int8 (LiteRT)": f"{100 * logits_equal:.2f} % (max difference {max_diff})",
+        "device int8 logits identical to host int8 (TFLM)": f"{100 * logits_equal:.2f} % (max difference {max_diff})",
         "device inference time per window (median)": f"{np.median(infer_ms):.0f} ms",
+        "device reported uncertain": f"{100 * (1 - reported.mean()):.1f} % of windows "
+                                     f"({', '.join(f'{k} {v}' for k, v in withheld.items() if v) or 'none'})",
+        "accuracy on reported windows": ", ".join(f"{h} {100 * v:.1f} %" for h, v in reported_acc.items()) or "-",
         "flash": f"{len(flash_summary.get('written', []))} files written, {len(flash_summary.get('skipped', []))} unchanged",
         "model": str(model_dir / "model.pt"),
         "int8 tflite": str(tfl["int8"]),
@@ -182,8 +200,8 @@ def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, max_epoch
     _say("")
     _say(report.text_table(heads))
     _say("")
-    for k in ("device int8 logits identical to host int8 (LiteRT)", "device inference time per window (median)",
-              "total time"):
+    for k in ("device int8 logits identical to host int8 (TFLM)", "device inference time per window (median)",
+              "device reported uncertain", "accuracy on reported windows", "total time"):
         _say(f"{k}: {summary[k]}")
     _say(f"artifacts in {out}:")
     for k in ("model", "int8 tflite", "int8 onnx", "bundle"):

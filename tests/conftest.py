@@ -34,10 +34,10 @@ def tiny_bundle(tmp_path_factory):
     """Train PainNet briefly on 3 synthetic subjects, export int8, write a bundle.
 
     Returns a dict with the bundle folder, the held-out windows and their labels, the
-    host int8 runner and the host int8 logits of those windows.
+    host int8 runner (TensorFlow Lite Micro) and the host int8 logits of those windows.
     """
     from painhelm.compress.bundle import write_bundle
-    from painhelm.compress.export import TFLiteRunner, export_tflite, quantize_array
+    from painhelm.compress.export import TFLMRunner, export_tflite, quantize_array
     from painhelm.train.features import Preprocessing
     from painhelm.train.synthetic import make_synthetic
     from painhelm.train.trainer import train_model
@@ -50,7 +50,7 @@ def tiny_bundle(tmp_path_factory):
     x_train, x_test = pre.images(train.data), pre.images(test.data)
     model, _ = train_model(x_train, train.level, train.location, seconds=5, max_epochs=15, progress=False)
     tfl = export_tflite(model, x_train[:64], out / "export")
-    runner = TFLiteRunner(tfl["int8"])
+    runner = TFLMRunner(tfl["int8"])  # the interpreter the helmet reproduces bit for bit
     bundle = write_bundle(out / "bundle", tfl["int8"], pre, ws.level_names, ws.location_names,
                           runner.input_scale, runner.input_zero_point)
     level_q, location_q = runner.predict_int8(quantize_array(x_test, runner.input_scale, runner.input_zero_point))

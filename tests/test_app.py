@@ -18,8 +18,8 @@ def _payload(window, sfreq):
 
 
 def test_cpython_reports_equal_host_int8(tiny_bundle):
-    """On CPython (Raspberry Pi path) the firmware's int8 logits equal LiteRT's, window by window."""
-    h = app.Helmet(str(tiny_bundle["bundle"]))
+    """On CPython (Raspberry Pi path) the firmware's int8 logits equal TFLM's, window by window."""
+    h = app.Helmet(str(tiny_bundle["bundle"]), "micro")  # the helmet's own interpreter = TFLM
     for i in range(6):
         r = wire.unpack_report(h.infer(_payload(tiny_bundle["test"].data[i], tiny_bundle["sfreq"])))
         assert r["level_q"] == tiny_bundle["level_q"][i].tolist()
@@ -74,17 +74,20 @@ def test_missing_manifest_means_no_bundle(tiny_bundle, tmp_path):
         app.Helmet(str(b))
 
 
-def test_serve_answers_ping_infer_and_unknown(tiny_bundle):
-    """serve() announces itself, answers PING, INFER, and unknown types with an error frame."""
-    import io
+def test_runtime_answers_ping_infer_and_unknown(tiny_bundle, tmp_path, monkeypatch):
+    """The device loop announces itself, answers PING, INFER, and unknown types and damaged
+    frames with an error frame."""
+    from .test_runtime import MemLink, frames
 
+    shutil.copytree(tiny_bundle["bundle"], tmp_path / bundle.BUNDLE_DIR)
+    monkeypatch.chdir(tmp_path)
     test = tiny_bundle["test"]
-    stream = (wire.encode_line(wire.MSG_PING, 1) + wire.encode_line(wire.MSG_INFER, 2, _payload(test.data[0], 128.0))
-              + wire.encode_line(0x55, 3) + b"$garbage\n")
-    out = io.BytesIO()
-    app.serve(io.BytesIO(stream), out, root=str(tiny_bundle["bundle"]))
-    got = []
-    wire.LineParser(lambda t, s, p: got.append((t, s, bytes(p))), None, None).feed(out.getvalue())
+    rt = app.Runtime(MemLink(), dict(app.config.DEFAULTS, heartbeat_ms=0))
+    rt._send(wire.MSG_PONG, 0, rt.info().encode())  # what run() announces first
+    rt.link.inbox += (wire.encode_line(wire.MSG_PING, 1) + wire.encode_line(wire.MSG_INFER, 2, _payload(test.data[0], 128.0))
+                      + wire.encode_line(0x55, 3) + b"$garbage\n")
+    rt.step()
+    got = frames(rt.link.out)
     assert [(t, s) for t, s, _ in got] == [(wire.MSG_PONG, 0), (wire.MSG_PONG, 1), (wire.MSG_REPORT, 2),
                                            (wire.MSG_ERROR, 3), (wire.MSG_ERROR, 0)]
     assert json.loads(got[1][2])["protocol"] == wire.PROTOCOL_VERSION
@@ -118,7 +121,7 @@ def test_cleaning_matrix_travels_in_the_bundle(tiny_bundle, tmp_path):
         quantize_array(pre.images(test.data[:n]), runner.input_scale, runner.input_zero_point)), axis=1)
     assert not np.array_equal(host, plain)  # the matrix really changes what the model sees
 
-    h = app.Helmet(str(b))
+    h = app.Helmet(str(b), "micro")
     cpy = np.array([sum(map(list, (lambda r: (r["level_q"], r["location_q"]))(
         wire.unpack_report(h.infer(_payload(test.data[i], tiny_bundle["sfreq"]))))), []) for i in range(n)])
 

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from painhelm.firmware import wire
 from painhelm.host_tools.cli import main
 from painhelm.host_tools.flash import flash
 from painhelm.host_tools.image import device_image
@@ -26,7 +27,7 @@ def test_flashed_helmet_answers_like_host_int8(tiny_bundle, tmp_path):
             assert sorted(first["written"]) == sorted("/" + p for p in image)
             link = HelmetLink(t.serial, timeout=60.0)
             info = link.wait_ready(timeout=60.0)
-            assert info["protocol"] == 0 and "bundle_error" not in info and info["impl"] == "micropython"
+            assert info["protocol"] == wire.PROTOCOL_VERSION and "bundle_error" not in info and info["impl"] == "micropython"
             test = tiny_bundle["test"]
             for i in range(6):
                 r = link.infer(test.data[i], tiny_bundle["sfreq"])

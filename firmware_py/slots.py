@@ -1,0 +1,96 @@
+"""Which bundle the helmet boots with: a new one only after it proved itself, else the last good.
+
+Three folders on the device's filesystem::
+
+    model_bundle.new    written by the flasher; not trusted yet
+    model_bundle        the bundle in use (the last one that loaded and passed its self-test)
+    model_bundle.prev   the one before it, kept as a fallback
+
+At boot, ``open_first`` tries ``.new``: if its hashes and self-test pass it is promoted
+(``model_bundle`` -> ``.prev``, ``.new`` -> ``model_bundle``); if not, it is renamed
+``model_bundle.rejected`` (kept for inspection) and the helmet goes on with the bundle it
+had. Each rename is a single directory rename, so a power cut at any point leaves a state
+this same procedure resolves at the next boot: the device never boots a half-written or
+failing bundle while a good one exists.
+"""
+
+import os
+
+try:
+    from . import bundle
+except ImportError:
+    import bundle
+
+ACTIVE = bundle.BUNDLE_DIR
+PENDING = ACTIVE + ".new"
+PREVIOUS = ACTIVE + ".prev"
+REJECTED = ACTIVE + ".rejected"
+
+
+def exists(path):
+    try:
+        os.stat(path)
+        return True
+    except OSError:
+        return False
+
+
+def rmtree(path):
+    """Remove a folder and everything in it (os.ilistdir where available)."""
+    if not exists(path):
+        return
+    names = [e[0] for e in os.ilistdir(path)] if hasattr(os, "ilistdir") else os.listdir(path)
+    for name in names:
+        p = path + "/" + name
+        if os.stat(p)[0] & 0x4000:  # S_IFDIR
+            rmtree(p)
+        else:
+            os.remove(p)
+    os.rmdir(path)
+
+
+def _promote():
+    """``.new`` becomes the bundle in use; the one it replaces is kept as ``.prev``."""
+    if exists(ACTIVE):
+        rmtree(PREVIOUS)
+        os.rename(ACTIVE, PREVIOUS)
+    os.rename(PENDING, ACTIVE)
+
+
+def _reject():
+    rmtree(REJECTED)
+    os.rename(PENDING, REJECTED)
+
+
+def open_first(load, base="."):
+    """Open the best bundle with ``load(root)`` (which raises ``bundle.BundleError`` or
+    ValueError for a bad one). Return ``(result, slot, errors)``: ``slot`` is the folder the
+    result came from (None when nothing loaded) and ``errors`` the ``(slot, message)`` pairs
+    of the bundles refused on the way.
+    """
+    cwd = None
+    if base != ".":
+        cwd = os.getcwd()
+        os.chdir(base)
+    errors = []
+    try:
+        if exists(PENDING + "/" + bundle.MANIFEST_FILE):
+            try:
+                result = load(PENDING)
+            except (bundle.BundleError, ValueError) as e:
+                errors.append((PENDING, str(e)))
+                _reject()
+            else:
+                _promote()
+                return result, ACTIVE, errors
+        for slot in (ACTIVE, PREVIOUS):
+            if not exists(slot + "/" + bundle.MANIFEST_FILE) and not exists(slot):
+                continue
+            try:
+                return load(slot), slot, errors
+            except (bundle.BundleError, ValueError) as e:
+                errors.append((slot, str(e)))
+        return None, None, errors
+    finally:
+        if cwd is not None:
+            os.chdir(cwd)

@@ -1,0 +1,89 @@
+"""Host in the loop: a recorded trial streamed into the helmet gives the host pipeline's reports.
+
+The helmet (a real board with ``--port``, else the virtual helmet: the MicroPython unix port
+with a 256 KB heap behind a pty) is flashed with the firmware and a compact bundle; the
+host streams the recording as MSG_SAMPLES frames, like a treatment-side test rig, and
+collects the unsolicited reports. ``painhelm.host_tools.replay`` computes on the host what
+those reports must be (numpy DSP, TensorFlow Lite Micro, the firmware's decision code).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from painhelm.firmware import wire
+from painhelm.host_tools.replay import compare_reports, expected_reports
+
+N_WINDOWS = 6
+HEAP = "256K"  # the compact model's budget; firmware flashed as .mpy
+
+
+@pytest.fixture(scope="module")
+def streaming_helmet(request, tmp_path_factory, stream_bundle):
+    """A helmet flashed with firmware + ``stream_bundle``; yields (HelmetLink, info)."""
+    from painhelm.host_tools.flash import flash
+    from painhelm.host_tools.image import device_image
+    from painhelm.host_tools.link import HelmetLink
+    from painhelm.host_tools.transport import SerialTransport
+    from painhelm.host_tools.virtual_helmet import VirtualHelmet
+
+    port = request.config.getoption("--port")
+    virtual = None
+    if port is None:
+        virtual = VirtualHelmet(tmp_path_factory.mktemp("helmet_fs"), heapsize=HEAP).start()
+        port = virtual.port
+    t = SerialTransport(port, wait=5.0)
+    try:
+        flash(t, device_image(stream_bundle["bundle"], mpy=True), reset=True)
+        link = HelmetLink(t.serial, timeout=60.0)
+        info = link.wait_ready(timeout=60.0)
+        yield link, info
+    finally:
+        t.close()
+        if virtual is not None:
+            virtual.stop()
+
+
+@pytest.fixture(scope="module")
+def stream_bundle(tmp_path_factory):
+    """A compact model trained briefly on synthetic subjects, with calibrated decisions."""
+    import torch
+
+    from painhelm.compress.bundle import write_bundle
+    from painhelm.compress.decisions import calibrate
+    from painhelm.compress.export import TFLMRunner, export_tflite
+    from painhelm.train.features import Preprocessing
+    from painhelm.train.synthetic import make_synthetic
+    from painhelm.train.trainer import train_model
+
+    torch.set_num_threads(2)
+    out = tmp_path_factory.mktemp("stream")
+    ws = make_synthetic(n_subjects=3, windows_per_class=4, seed=3)
+    train, test = ws.subset(ws.subject != "S03"), ws.subset(ws.subject == "S03")
+    pre = Preprocessing.for_trials(train, n_frames=4, image_size=16)
+    x_train = pre.images(train.data)
+    model, _ = train_model(x_train, train.level, train.location, seconds=4, max_epochs=8, progress=False)
+    tfl = export_tflite(model, x_train[:64], out / "export")
+    runner = TFLMRunner(tfl["int8"])
+    decision, _ = calibrate(pre, train, dataset="synthetic-pain")
+    bundle = write_bundle(out / "bundle", tfl["int8"], pre, ws.level_names, ws.location_names,
+                          runner.input_scale, runner.input_zero_point, decision=decision)
+    return {"bundle": bundle, "test": test, "sfreq": ws.sfreq}
+
+
+def test_streamed_trial_gives_the_host_pipelines_reports(streaming_helmet, stream_bundle):
+    link, info = streaming_helmet
+    assert info.get("bundle_error") is None, info
+    assert info["protocol"] == wire.PROTOCOL_VERSION and info["selftest_cases"] > 0
+    test = stream_bundle["test"]
+    data = np.concatenate(list(test.data[:N_WINDOWS]), axis=1).astype(np.float32)  # a continuous recording
+    link.send_samples(data, 0, max_samples=64)
+    reports = [link.next_report(timeout=60.0) for _ in range(N_WINDOWS)]
+    host = expected_reports(stream_bundle["bundle"], data)
+    assert len(host) == N_WINDOWS
+    assert compare_reports(reports, host) == []
+    assert [r["sample_index"] for r in reports] == [test.data.shape[2] * (k + 1) for k in range(N_WINDOWS)]
+    seqs = [r["report_seq"] for r in reports]
+    assert seqs == list(range(seqs[0], seqs[0] + N_WINDOWS))  # none lost
+    assert link.last_heartbeat_age() < 2.0  # the helmet keeps beating while it streams
