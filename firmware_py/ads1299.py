@@ -36,7 +36,6 @@ Conversion. A small viper kernel turns a frame into float32 µV with integer ari
 """
 
 import math
-import time
 from array import array
 
 try:
@@ -89,23 +88,11 @@ _CONFIG3_BIAS = const(0x0C)  # BIASREF_INT + PD_BIAS: bias drive on, reference (
 _CHSET_SRB2 = const(0x08)
 _CONFIG4_LOFF = const(0x02)  # PD_LOFF_COMP: lead-off comparators on
 
-if hasattr(time, "ticks_us"):
-    _ticks_us = time.ticks_us
-    _ticks_diff = time.ticks_diff
-    _sleep_ms = time.sleep_ms
-    _sleep_us = time.sleep_us
-else:  # CPython
-    def _ticks_us():
-        return int(time.perf_counter() * 1000000)
+try:  # one definition of the clock (clock.py)
+    from .clock import ticks_us as _ticks_us, ticks_diff as _ticks_diff, sleep_ms as _sleep_ms, sleep_us as _sleep_us
+except ImportError:
+    from clock import ticks_us as _ticks_us, ticks_diff as _ticks_diff, sleep_ms as _sleep_ms, sleep_us as _sleep_us
 
-    def _ticks_diff(a, b):
-        return a - b
-
-    def _sleep_ms(ms):
-        time.sleep(ms / 1000)
-
-    def _sleep_us(us):
-        time.sleep(us / 1000000)
 
 _VIPER_SRC = """
 import micropython
@@ -182,17 +169,7 @@ def frame_uv(rx: ptr8, n_dev: int, dst: ptr32, o: int, mant: int, e: int, status
 """
 
 
-def _load_viper(src):
-    """Compile viper kernels from ``src``; None on CPython or a port without the emitter."""
-    g = {}
-    try:
-        exec(src, g)
-    except Exception:  # ImportError (CPython), SyntaxError (no emitter), NameError (a shim)
-        return None
-    return g
-
-
-_V = _load_viper(_VIPER_SRC)
+_V = ring.load_viper(_VIPER_SRC)
 KERNELS = ("auto", "plain", "viper")
 
 

@@ -25,7 +25,6 @@ the driver touches the bus or a pin, or when the bench calls ``advance()``.
 """
 
 import math
-import time
 from array import array
 
 # the chip, from the datasheet
@@ -48,15 +47,10 @@ _VREF = 4.5
 # bits a write must give these registers ("reserved, always write ..."): (mask, value)
 _RESERVED = {0x01: (0x98, 0x90), 0x02: (0xE8, 0xC0), 0x03: (0x60, 0x60)}
 
-if hasattr(time, "ticks_us"):
-    ticks_us = time.ticks_us
-    ticks_diff = time.ticks_diff
-else:  # CPython
-    def ticks_us():
-        return int(time.perf_counter() * 1000000)
-
-    def ticks_diff(a, b):
-        return a - b
+try:  # one definition of the clock (clock.py)
+    from .clock import ticks_us, ticks_diff
+except ImportError:
+    from clock import ticks_us, ticks_diff
 
 
 class FakeClock:

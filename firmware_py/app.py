@@ -14,7 +14,6 @@ the watchdog. Everything runs unchanged on MicroPython and on CPython (Raspberry
 import gc
 import json
 import sys
-import time
 from array import array
 
 try:  # imported as painhelm.firmware.app on a host
@@ -52,23 +51,10 @@ try:
 except ImportError:
     uctypes = None
 
-if hasattr(time, "ticks_us"):
-    ticks_us = time.ticks_us
-    ticks_ms = time.ticks_ms
-    ticks_diff = time.ticks_diff
-    sleep_ms = time.sleep_ms
-else:  # CPython (Raspberry Pi)
-    def ticks_us():
-        return int(time.perf_counter() * 1000000)
-
-    def ticks_ms():
-        return int(time.monotonic() * 1000)
-
-    def ticks_diff(a, b):
-        return a - b
-
-    def sleep_ms(ms):
-        time.sleep(ms / 1000)
+try:  # one definition of the clock (clock.py)
+    from .clock import ticks_us, ticks_ms, ticks_diff, sleep_ms
+except ImportError:
+    from clock import ticks_us, ticks_ms, ticks_diff, sleep_ms
 
 
 def _fill_f32(arr, data):
@@ -128,8 +114,7 @@ class Helmet:
             raise bundle.BundleError("model outputs %s do not match %d levels and %d locations"
                                      % ([o["shape"] for o in outs], n_levels, n_locations))
         # known answers before the first real window: a bundle that computes wrong is refused
-        self.selftest_cases = bundle.selftest(root, self.engine, 0 if self.engine.name == "micro"
-                                              else engine.OTHER_TOLERANCE)
+        self.selftest_cases = bundle.selftest(root, self.engine, engine.TOLERANCE[self.engine.name])
         dec = pre.pop("decision", None)  # kept only in the objects built from it: RAM
         self.quality = quality.Quality(n_ch, self.n_times, self.sfreq, dec.get("quality") if dec else None)
         self.decider = decide.Decider(n_levels, n_locations, dec)
@@ -195,6 +180,12 @@ class Helmet:
 
 def _make_link(cfg):
     if cfg["link"] == "ble":
+        if sys.implementation.name != "micropython":  # a Raspberry Pi: BlueZ over D-Bus
+            try:
+                from . import link_bluez
+            except ImportError:
+                import link_bluez
+            return link_bluez.BluezLink(name=cfg["ble_name"])
         try:
             from . import link_ble
         except ImportError:
@@ -362,8 +353,9 @@ class Runtime:
             self.streaming = False
 
     def pump(self):
-        """Move available samples into the window and report each time it is full.
-        Returns True when it did any work."""
+        """Move available samples into the window; report when it is full. Returns True
+        when it did any work. At most one window per call, so that a source that always
+        has samples (a fast playback) cannot starve the link and the heartbeat."""
         if not self.streaming:
             return False
         h = self.helmet
@@ -373,7 +365,7 @@ class Runtime:
             want = w.room() + w.skip
             n = self.source.read(self._buf, want if want < self.CHUNK else self.CHUNK)
             if not n:
-                break
+                return busy
             busy = True
             w.push(self._buf, n)
             if w.full():
@@ -381,7 +373,7 @@ class Runtime:
                 self.reports += 1
                 w.slide(self._hop())
                 gc.collect()
-        return busy
+                return True
 
     # ------------------------------------------------------------------ link
 
@@ -424,7 +416,8 @@ class Runtime:
             except ValueError as e:
                 self._send(wire.MSG_ERROR, seq, wire.pack_error(wire.ERR_BAD_PAYLOAD, e))
                 return
-            self.pump()
+            while self.pump():  # drain the frame now: the link FIFO holds about one frame
+                pass
         elif msg_type == wire.MSG_COMMAND:
             ack = self.commands.lookup(seq, payload)
             if ack is None:  # a new command (a retried one gets its first answer again)
@@ -512,9 +505,14 @@ class Runtime:
                 self.start()
             except ValueError as e:
                 self._send(wire.MSG_ERROR, 0, wire.pack_error(wire.ERR_INTERNAL, e))
-        while not getattr(self.link, "closed", False):
-            if not self.step():
-                sleep_ms(1)
+        try:
+            while not getattr(self.link, "closed", False):
+                if not self.step():
+                    sleep_ms(1)
+        finally:
+            self.stop()
+            if hasattr(self.link, "close"):
+                self.link.close()  # e.g. BlueZ drops the GATT registration
 
 
 def main():

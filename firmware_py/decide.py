@@ -343,25 +343,19 @@ class Decider:
         if reasons:
             return self.withhold(reasons)
         self.gap = 0
-        h = self._level
-        if h.n:
-            c = h.step(level_q, level_scale, self.alpha_q, self.margin_q, self.hold)
-            sc = h.s[c]
-            self.level_p = sc
-            self.level_conf = (sc * 255 + 16384) >> 15
-            if sc < h.min_conf_q:
-                c = wire.UNCERTAIN
-                reasons |= REASON_LOW_CONFIDENCE
-            self.level = c
-        h = self._location
-        if h.n:
-            c = h.step(location_q, location_scale, self.alpha_q, self.margin_q, self.hold)
-            sc = h.s[c]
-            self.location_p = sc
-            self.location_conf = (sc * 255 + 16384) >> 15
-            if sc < h.min_conf_q:
-                c = wire.UNCERTAIN
-                reasons |= REASON_LOW_CONFIDENCE
-            self.location = c
+        if self._level.n:
+            self.level, self.level_p = self._head(self._level, level_q, level_scale)
+            self.level_conf = (self.level_p * 255 + 16384) >> 15
+        if self._location.n:
+            self.location, self.location_p = self._head(self._location, location_q, location_scale)
+            self.location_conf = (self.location_p * 255 + 16384) >> 15
+        if self.level == wire.UNCERTAIN or self.location == wire.UNCERTAIN:
+            reasons |= REASON_LOW_CONFIDENCE
         self.reasons = reasons
         return reasons
+
+    def _head(self, h, q, scale):
+        """One head's smoothed step: ``(class or UNCERTAIN, smoothed probability in Q15)``."""
+        c = h.step(q, scale, self.alpha_q, self.margin_q, self.hold)
+        sc = h.s[c]
+        return (wire.UNCERTAIN if sc < h.min_conf_q else c), sc

@@ -43,21 +43,12 @@ except ImportError:  # CPython
     def const(x):
         return x
 
-import time
 
-if hasattr(time, "ticks_ms"):
-    _ticks_ms = time.ticks_ms
-    _ticks_diff = time.ticks_diff
-    _sleep_ms = time.sleep_ms
-else:  # CPython
-    def _ticks_ms():
-        return int(time.monotonic() * 1000)
+try:  # one definition of the clock (clock.py)
+    from .clock import ticks_ms as _ticks_ms, ticks_diff as _ticks_diff, sleep_ms as _sleep_ms
+except ImportError:
+    from clock import ticks_ms as _ticks_ms, ticks_diff as _ticks_diff, sleep_ms as _sleep_ms
 
-    def _ticks_diff(a, b):
-        return a - b
-
-    def _sleep_ms(ms):
-        time.sleep(ms / 1000)
 
 _IRQ_CENTRAL_CONNECT = const(1)
 _IRQ_CENTRAL_DISCONNECT = const(2)

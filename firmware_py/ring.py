@@ -71,7 +71,7 @@ def window_cm(src: ptr32, cap: int, start: int, n_ch: int, n_times: int, dst: pt
 """
 
 
-def _load_viper(src):
+def load_viper(src):
     """Compile viper kernels from ``src``; None on CPython or a port without the emitter."""
     g = {}
     try:
@@ -81,7 +81,7 @@ def _load_viper(src):
     return g
 
 
-_V = _load_viper(_VIPER_SRC)
+_V = load_viper(_VIPER_SRC)
 KERNELS = ("auto", "plain", "viper")
 
 try:  # CPython: strided memoryview slices copy a channel in one statement

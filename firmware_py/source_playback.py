@@ -1,6 +1,5 @@
 """A recording on the device's filesystem played back as a source (``sources`` interface)."""
 
-import time
 
 try:  # imported as painhelm.firmware.source_playback on a host
     from . import recording
@@ -9,16 +8,10 @@ except ImportError:  # flat on the helmet's filesystem
     import recording
     from sources import Source
 
-if hasattr(time, "ticks_ms"):
-    ticks_ms = time.ticks_ms
-    ticks_diff = time.ticks_diff
-else:  # CPython (Raspberry Pi)
-    def ticks_ms():
-        return int(time.monotonic() * 1000)
-
-    def ticks_diff(a, b):
-        return a - b
-
+try:  # one definition of the clock (clock.py)
+    from .clock import ticks_ms, ticks_diff
+except ImportError:
+    from clock import ticks_ms, ticks_diff
 
 
 class PlaybackSource(Source):

@@ -24,27 +24,16 @@ try:
     import wire  # flat, as on the helmet
 except ImportError:
     from painhelm.firmware import wire
+try:
+    from clock import sleep_ms, ticks_diff, ticks_ms
+except ImportError:
+    from painhelm.firmware.clock import sleep_ms, ticks_diff, ticks_ms
 
 MSG_ECHO = 0x60
 MSG_STALL = 0x61
 MSG_QUIT = 0x62
 MSG_HOOK = 0x63
 WINDOW = 32  # samples per streamed report
-
-if hasattr(time, "ticks_ms"):
-    ticks_ms = time.ticks_ms
-    ticks_diff = time.ticks_diff
-    sleep_ms = time.sleep_ms
-else:
-    def ticks_ms():
-        return int(time.monotonic() * 1000)
-
-    def ticks_diff(a, b):
-        return a - b
-
-    def sleep_ms(ms):
-        time.sleep(ms / 1000)
-
 
 def serve(link, heartbeat_ms=wire.HEARTBEAT_MS, run_ms=60000, on_hook=None):
     """Answer frames on ``link`` until MSG_QUIT or ``run_ms`` elapsed."""

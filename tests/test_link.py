@@ -204,7 +204,7 @@ def test_serial_link_on_a_tty_device_path():
 def vhelmet(tmp_path_factory):
     """A virtual helmet whose main.py serves tests/link_device.py over SerialLink."""
     fs = tmp_path_factory.mktemp("link_fs")
-    for src in (FIRMWARE / "wire.py", FIRMWARE / "link_serial.py", TESTS / "link_device.py"):
+    for src in (FIRMWARE / "wire.py", FIRMWARE / "clock.py", FIRMWARE / "link_serial.py", TESTS / "link_device.py"):
         shutil.copy(src, fs / src.name)
     (fs / "main.py").write_text("import link_device\nlink_device.main_serial(heartbeat_ms=50, run_ms=600000)\n")
     with VirtualHelmet(fs, heapsize="512K") as vh:

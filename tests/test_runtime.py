@@ -218,3 +218,69 @@ def test_no_bundle_refuses_infer_and_start_clearly(tmp_path, monkeypatch):
     rt = app.Runtime(MemLink())
     assert json.loads(rt.info())["bundle_error"] == "no bundle on the device (flash one)"
     assert _command(rt, 1, wire.CMD_START)[0][1] == (wire.ACK_FAILED, "no bundle on the device (flash one)")
+
+
+def _add_file(bundle_dir, name, data: bytes):
+    """Put an optional file into a bundle and list it in the manifest."""
+    import hashlib
+
+    (bundle_dir / name).write_bytes(data)
+    man = json.loads((bundle_dir / bundle.MANIFEST_FILE).read_text())
+    man["files"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (bundle_dir / bundle.MANIFEST_FILE).write_text(json.dumps(man))
+
+
+@pytest.mark.parametrize("kind", ["litert", "onnxruntime"])
+def test_raspberry_pi_engines(tiny_bundle, device_root, kind):
+    """On CPython the helmet can run LiteRT or onnxruntime instead of its own interpreter:
+    chosen by the config, self-tested at load, and within a few int8 steps of TFLM."""
+    from painhelm.compress.export import export_onnx
+    from painhelm.firmware import engine
+
+    root = device_root / bundle.BUNDLE_DIR
+    if kind == "onnxruntime":
+        onx = export_onnx(tiny_bundle["model"], tiny_bundle["x_test"][:32], device_root / "onnx")
+        _add_file(root, engine.ONNX_FILE, open(onx["int8"], "rb").read())
+    assert kind in engine.available(str(root)) and engine.choose("auto", str(root)) == "litert"
+    h = app.Helmet(str(root), kind)
+    assert h.engine.name == kind and h.selftest_cases == 2
+    test = tiny_bundle["test"]
+    lv, lc = [], []
+    for i in range(8):
+        r = wire.unpack_report(h.infer(wire.pack_window(np.ascontiguousarray(test.data[i], "<f4").tobytes(),
+                                                        *test.data[i].shape, tiny_bundle["sfreq"])))
+        lv.append(r["level_q"])
+        lc.append(r["location_q"])
+    got = np.concatenate([np.array(lv), np.array(lc)], axis=1)
+    ref = np.concatenate([tiny_bundle["level_q"][:8], tiny_bundle["location_q"][:8]], axis=1)
+    assert np.abs(got.astype(int) - ref).max() <= engine.TOLERANCE[kind]
+    print("%s vs TFLM: %.1f %% of logits identical, max diff %d" % (kind, 100 * (got == ref).mean(), np.abs(got.astype(int) - ref).max()))
+
+
+def test_engine_setting_errors(device_root):
+    """An engine that cannot run here, or an unknown one, is a clear error at load."""
+    rt = app.Runtime(MemLink(), dict(app.config.DEFAULTS, engine="onnxruntime"))  # no model.onnx shipped
+    assert rt.helmet is None and "cannot run here" in rt.error()
+    with pytest.raises(ValueError, match="unknown setting"):
+        app.config.merge(app.config.DEFAULTS, {"engin": "micro"})
+
+
+def test_watchdog_is_fed_where_the_port_has_one(device_root, monkeypatch):
+    """A board's machine.WDT is created with the configured timeout and fed every loop pass."""
+    import sys
+    import types
+
+    fed = []
+
+    class WDT:
+        def __init__(self, timeout):
+            fed.append(("timeout", timeout))
+
+        def feed(self):
+            fed.append("feed")
+
+    monkeypatch.setitem(sys.modules, "machine", types.SimpleNamespace(WDT=WDT))
+    rt = app.Runtime(MemLink(), dict(app.config.DEFAULTS, watchdog_ms=5000))
+    rt.step()
+    rt.step()
+    assert fed == [("timeout", 5000), "feed", "feed"]
