@@ -189,7 +189,7 @@ def main() -> None:
             rows.setdefault(tag, []).append(rest)
         boot_ms, alloc0, free0 = rows["ready"][0].split()
         run_us, peak, dropped = (int(v) for v in rows["run"][0].split())
-        heap = [int(v) for v in rows["heap"]]
+        heap_after = [int(v) for v in rows["heap"]]
         dsp = np.array([int(v) for v in rows["dsp"]]) / 1000
         inf = np.array([int(v) for v in rows["inf"]]) / 1000
         t_tflm = tflm_ms(tflite)
@@ -214,9 +214,9 @@ def main() -> None:
         "targets": {"ratio_vs_tflm": 3.0, "realtime_fraction": 0.25},
         "heap_after_start_bytes": int(alloc0), "heap_free_after_start_bytes": int(free0),
         "heap_peak_between_collections_bytes": peak,
-        "heap_after_collect_every_k_windows": {"k": every, "first": heap[0], "last": heap[-1], "min": min(heap),
-                                                 "max": max(heap), "n": len(heap)},
-        "heap_drift_bytes": heap[-1] - heap[0],
+        "heap_after_collect_every_k_windows": {"k": every, "first": heap_after[0], "last": heap_after[-1],
+                                               "min": min(heap_after), "max": max(heap_after), "n": len(heap_after)},
+        "heap_drift_bytes": heap_after[-1] - heap_after[0],
         "wall_s": round(wall_s, 1),
     }
     path = write_result(su["result"], figures)

@@ -86,7 +86,13 @@ class Reader:
     def __init__(self, path):
         self._f = f = open(path, "rb")
         try:
-            line = f.readline(MAX_HEADER)
+            # in pieces: MicroPython's readline(n) reserves n bytes up front
+            line = f.readline(512)
+            while line and not line.endswith(b"\n") and len(line) < MAX_HEADER:
+                more = f.readline(512)
+                if not more:
+                    break
+                line += more
             if not line.endswith(b"\n"):
                 raise RecordingError("%s: no header line (a recording starts with a line of JSON)" % path)
             try:
