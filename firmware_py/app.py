@@ -240,6 +240,7 @@ class Runtime:
         self.slot = None
         self.bundle_errors = []
         self.source = None
+        self._stream = None
         self.streaming = False
         self.reports = 0
         self._wdt = _watchdog(self.cfg["watchdog_ms"])
@@ -257,8 +258,26 @@ class Runtime:
         kind = self.cfg["engine"]
 
         self.helmet, self.slot, self.bundle_errors = slots.open_first(lambda root: Helmet(root, kind))
+        self._prepare_stream()
         self._make_parser(None if self.helmet is None else self.helmet.pre)
         gc.collect()
+
+    def _prepare_stream(self):
+        """The link source is made once per bundle, at load: on a 256 KB board the few KB it
+        takes may no longer be free in one piece later. Other sources are made per start
+        (they open files, configure chips, open board sessions)."""
+        self._stream = None
+        if self.helmet is not None and self.cfg["source"].get("kind") == "link":
+            gc.collect()
+            self._stream = self._make_stream()
+
+    def _make_stream(self):
+        """``(source, window buffer, read buffer)`` for the configured source."""
+        h = self.helmet
+        source = _sources().make_source(self.cfg["source"], h.n_ch, h.sfreq)
+        # samples go straight into the helmet's window buffer: no second copy of the signal
+        window = _ring().Slider(h.x, h.n_ch, h.n_times)
+        return source, window, array("f", bytes(4 * self.CHUNK * h.n_ch))
 
     def _make_parser(self, pre):
         """A line parser whose frame buffer fits what this bundle takes, not the protocol's
@@ -338,11 +357,8 @@ class Runtime:
             raise ValueError(self.error())
         if self.streaming:
             return
-        ring_mod = _ring()
-        self.source = _sources().make_source(self.cfg["source"], h.n_ch, h.sfreq)
-        # samples go straight into the helmet's window buffer: no second copy of the signal
-        self.window = ring_mod.Slider(h.x, h.n_ch, h.n_times)
-        self._buf = array("f", bytes(4 * self.CHUNK * h.n_ch))
+        self.source, self.window, self._buf = self._stream or self._make_stream()
+        self.window.reset()
         h.decider.reset()
         self.source.start()
         self.streaming = True
@@ -350,6 +366,8 @@ class Runtime:
     def stop(self):
         if self.streaming:
             self.source.stop()
+            if self._stream is None:  # made for this start: release its file / chip / session
+                self.source.close()
             self.streaming = False
 
     def pump(self):
@@ -454,6 +472,9 @@ class Runtime:
                 self.cfg = new
                 if new["engine"] != old_engine:
                     self.open_bundle()
+                else:
+                    self._stream = None
+                    self._prepare_stream()
                 if restart:
                     self.start()
                 return wire.pack_ack(wire.ACK_OK, json.dumps(new))

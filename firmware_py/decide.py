@@ -300,22 +300,10 @@ class Decider:
         self._level.reset()
         self._location.reset()
         self.gap = 0
-        self.reasons = 0
         self.ood = 0.0
-        self.level = wire.UNCERTAIN if self._level.n else wire.NO_HEAD
-        self.location = wire.UNCERTAIN if self._location.n else wire.NO_HEAD
-        self.level_conf = 0
-        self.location_conf = 0
-        self.level_p = 0
-        self.location_p = 0
+        self._no_decision(0)
 
-    def withhold(self, reasons):
-        """Report this window as uncertain for ``reasons`` without looking at its logits
-        (a gated window, or one the model cannot even be run on); returns ``reasons``."""
-        self.gap += 1
-        if self.reset_after and self.gap >= self.reset_after:
-            self._level.reset()
-            self._location.reset()
+    def _no_decision(self, reasons):
         self.level = wire.UNCERTAIN if self._level.n else wire.NO_HEAD
         self.location = wire.UNCERTAIN if self._location.n else wire.NO_HEAD
         self.level_conf = 0
@@ -324,6 +312,15 @@ class Decider:
         self.location_p = 0
         self.reasons = reasons
         return reasons
+
+    def withhold(self, reasons):
+        """Report this window as uncertain for ``reasons`` without looking at its logits
+        (a gated window, or one the model cannot even be run on); returns ``reasons``."""
+        self.gap += 1
+        if self.reset_after and self.gap >= self.reset_after:
+            self._level.reset()
+            self._location.reset()
+        return self._no_decision(reasons)
 
     def update(self, level_q, level_scale, level_zp, location_q, location_scale, location_zp,
                quality_ok, ood):
