@@ -32,19 +32,19 @@ except ImportError:  # flat on the helmet's filesystem
 clean = decide = dsp = quality = topomap = None
 
 
+def _sibling(name):
+    """Firmware module ``name``, imported on first use (flat on the helmet, a package on a host)."""
+    try:
+        return __import__("painhelm.firmware." + name, None, None, [name])
+    except ImportError:
+        return __import__(name)
+
+
 def _import_pipeline():
     global clean, decide, dsp, quality, topomap
-    if dsp is not None:
-        return
-    try:
-        from . import clean as c, decide as d, dsp as s, quality as q, topomap as t
-    except ImportError:
-        import clean as c
-        import decide as d
-        import dsp as s
-        import quality as q
-        import topomap as t
-    clean, decide, dsp, quality, topomap = c, d, s, q, t
+    if dsp is None:
+        clean, decide, dsp, quality, topomap = [_sibling(n) for n in ("clean", "decide", "dsp", "quality", "topomap")]
+
 
 try:
     import uctypes
@@ -181,37 +181,9 @@ class Helmet:
 def _make_link(cfg):
     if cfg["link"] == "ble":
         if sys.implementation.name != "micropython":  # a Raspberry Pi: BlueZ over D-Bus
-            try:
-                from . import link_bluez
-            except ImportError:
-                import link_bluez
-            return link_bluez.BluezLink(name=cfg["ble_name"])
-        try:
-            from . import link_ble
-        except ImportError:
-            import link_ble
-        return link_ble.BleLink(name=cfg["ble_name"])
-    try:
-        from . import link_serial
-    except ImportError:
-        import link_serial
-    return link_serial.SerialLink()
-
-
-def _sources():
-    try:
-        from . import sources
-    except ImportError:
-        import sources
-    return sources
-
-
-def _ring():
-    try:
-        from . import ring
-    except ImportError:
-        import ring
-    return ring
+            return _sibling("link_bluez").BluezLink(name=cfg["ble_name"])
+        return _sibling("link_ble").BleLink(name=cfg["ble_name"])
+    return _sibling("link_serial").SerialLink()
 
 
 def _watchdog(ms):
@@ -274,9 +246,9 @@ class Runtime:
     def _make_stream(self):
         """``(source, window buffer, read buffer)`` for the configured source."""
         h = self.helmet
-        source = _sources().make_source(self.cfg["source"], h.n_ch, h.sfreq)
+        source = _sibling("sources").make_source(self.cfg["source"], h.n_ch, h.sfreq)
         # samples go straight into the helmet's window buffer: no second copy of the signal
-        window = _ring().Slider(h.x, h.n_ch, h.n_times)
+        window = _sibling("ring").Slider(h.x, h.n_ch, h.n_times)
         return source, window, array("f", bytes(4 * self.CHUNK * h.n_ch))
 
     def _make_parser(self, pre):
@@ -290,7 +262,7 @@ class Runtime:
         sizes = [1024]
         if pre is not None:
             n_ch = len(pre["ch_names"])
-            stream = 8 + 4 * n_ch * _sources().LINK_CAPACITY
+            stream = 8 + 4 * n_ch * _sibling("sources").LINK_CAPACITY
             sizes = [max(stream, 8 + 4 * n_ch * pre["n_times"]), max(stream, 1024)]
         for payload in sizes:
             try:
@@ -335,7 +307,7 @@ class Runtime:
             d["n_times"] = h.n_times
             d["hop"] = self._hop()
             d["max_payload"] = self.max_payload
-            d["samples_per_frame"] = _sources().LINK_CAPACITY
+            d["samples_per_frame"] = _sibling("sources").LINK_CAPACITY
         err = self.error()
         if err:
             d["bundle_error"] = err
