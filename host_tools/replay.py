@@ -52,6 +52,7 @@ def expected_reports(bundle_dir: str | Path, data: np.ndarray, hop: int | None =
 
     Each report is a dict with the keys of ``wire.unpack_report`` (clock fields are 0).
     """
+    from painhelm.compress.decisions import output_quantization
     from painhelm.compress.export import TFLMRunner, quantize_array
 
     pre, p = load_bundle(bundle_dir)
@@ -68,7 +69,8 @@ def expected_reports(bundle_dir: str | Path, data: np.ndarray, hop: int | None =
     images = p.images_from_logbp(logbp)
     runner = TFLMRunner(Path(bundle_dir) / fmt.MODEL_FILE)
     level_q, location_q = runner.predict_int8(quantize_array(images, pre["input_scale"], pre["input_zero_point"]))
-    outs = _output_quantization(Path(bundle_dir) / fmt.MODEL_FILE)
+    q = output_quantization(runner)
+    outs = [q["level"], q["location"]]
 
     dec = pre.get("decision")
     n_levels, n_locations = len(pre["level_names"]), len(pre["location_names"])
@@ -86,14 +88,6 @@ def expected_reports(bundle_dir: str | Path, data: np.ndarray, hop: int | None =
                                    decider.location_conf, reasons, qc.flags, ood, qc.bad, 0, 0, lq, cq)
         reports.append(wire.unpack_report(payload))  # the same rounding as the wire
     return reports
-
-
-def _output_quantization(model_path: Path) -> list[tuple[float, int]]:
-    """(scale, zero_point) of the model's two outputs, read as the helmet reads them."""
-    from painhelm.firmware import interp
-
-    it = interp.Interpreter(model_path.read_bytes())
-    return [(o["scale"], o["zero_point"]) for o in it.outputs]
 
 
 def compare_reports(device: list[dict], host: list[dict], ood_tol: float = 0.02) -> list[str]:
