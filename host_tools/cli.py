@@ -44,7 +44,7 @@ def _user_errors():
 
     from painhelm.train.dataset import DataError
 
-    types = [CommandError, LinkError, FileNotFoundError, DataError]
+    types = [CommandError, LinkError, FileNotFoundError, DataError]  # connect.ConnectError is a LinkError
     for mod, names in (("transport", ("TransportError",)), ("flash", ("FlashError",)),
                        ("virtual_helmet", ("VirtualHelmetError",))):
         try:
@@ -176,6 +176,9 @@ from .compress_cmd import do_compress, parser_compress  # noqa: E402
 from .data_cmd import do_data, parser_data  # noqa: E402
 from .evaluate_cmd import do_evaluate, parser_evaluate  # noqa: E402
 from .train_cmd import do_train, parser_train  # noqa: E402
+from .monitor_cmd import do_monitor, parser_monitor  # noqa: E402
+from .treat_cmd import do_sessions, do_treat, parser_sessions, parser_treat  # noqa: E402
+from .verify_cmd import do_verify, parser_verify  # noqa: E402
 
 COMMANDS = {
     "demo": (do_demo, _parser_demo,
@@ -190,6 +193,12 @@ COMMANDS = {
                  "prune, quantize to int8 and export a model folder (ONNX, TFLite, helmet bundle), each file checked"),
     "compare": (do_compare, parser_compare,
                 "float vs int8 report: accuracy, agreement, logit errors, per subject, runtimes (md/html/png)"),
+    "verify": (do_verify, parser_verify,
+               "stream a test set through the helmet; device vs truth vs host int8 vs float, exit 1 below --min-agreement"),
+    "monitor": (do_monitor, parser_monitor, "live view of the helmet's reports and link health; --record FILE.csv"),
+    "treat": (do_treat, parser_treat,
+              "be the treatment device: reports -> intensity and program inside safety limits, sessions logged"),
+    "sessions": (do_sessions, parser_sessions, "list the treatment sessions, record feedback, export CSV"),
     "data": (do_data, parser_data, "check recordings (`data check PATH`) and draw a trial's topomaps (`data show`)"),
 }
 
