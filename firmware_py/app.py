@@ -13,6 +13,7 @@ the watchdog. Everything runs unchanged on MicroPython and on CPython (Raspberry
 
 import gc
 import json
+import os
 import sys
 from array import array
 
@@ -295,6 +296,14 @@ class Runtime:
              "state": self.state(), "link": self.cfg["link"], "source": self.cfg["source"].get("kind")}
         if hasattr(gc, "mem_free"):
             d["mem_free"] = gc.mem_free()
+            d["mem_total"] = gc.mem_free() + gc.mem_alloc()
+        if hasattr(os, "statvfs"):
+            try:
+                st = os.statvfs("/")
+                d["storage_free"] = st[0] * st[4]  # f_bsize * f_bavail
+                d["storage_total"] = st[0] * st[2]
+            except OSError:
+                pass
         h = self.helmet
         if h is not None:
             d["bundle"] = self.slot
@@ -303,6 +312,8 @@ class Runtime:
             d["selftest_cases"] = h.selftest_cases
             d["model_input"] = list(h.engine.input_shape)
             d["ch_names"] = h.pre["ch_names"]
+            d["level_names"] = h.pre["level_names"]
+            d["location_names"] = h.pre["location_names"]
             d["sfreq"] = h.sfreq
             d["n_times"] = h.n_times
             d["hop"] = self._hop()
