@@ -118,63 +118,13 @@ def do_helmet(args) -> int:
     return 0
 
 
-# --- flash ----------------------------------------------------------------------------
-
-def _parser_flash(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", required=True, help="serial port of the helmet, e.g. /dev/ttyUSB0 or a virtual helmet's pty")
-    p.add_argument("--bundle", default=None, help="bundle folder to flash with the firmware (e.g. runs/demo/bundle)")
-    p.add_argument("--no-reset", action="store_true", help="do not soft-reset the helmet after flashing")
-
-
-def do_flash(args) -> int:
-    from .image import device_image
-
-    image = device_image(args.bundle)  # a missing bundle is reported before the port is touched
-
-    from .flash import flash, progress_bar
-    from .transport import SerialTransport
-
-    t = SerialTransport(args.port, wait=3.0)
-    try:
-        summary = flash(t, image, progress=progress_bar() if sys.stderr.isatty() else None, reset=not args.no_reset)
-    finally:
-        t.close()
-    written, skipped = summary.get("written", []), summary.get("skipped", [])
-    print(f"flashed {args.port}: {len(written)} files written, {len(skipped)} unchanged (SHA-256 verified on the device)")
-    return 0
-
-
-# --- info -----------------------------------------------------------------------------
-
-def _parser_info(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", required=True, help="serial port of the helmet")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the firmware (default: %(default)s)")
-
-
-def do_info(args) -> int:
-    import serial
-
-    from .link import HelmetLink
-
-    try:
-        ser = serial.serial_for_url(args.port, baudrate=115200, timeout=0.1)
-    except serial.SerialException as e:
-        raise CommandError(f"cannot open {args.port}: {e}") from None
-    try:
-        info = HelmetLink(ser).wait_ready(timeout=args.timeout)
-    finally:
-        ser.close()
-    for k, v in info.items():
-        print(f"{k:14s} {v}")
-    return 0
-
-
 # --- data ---------------------------------------------------------------------------
 
 from .compare_cmd import do_compare, parser_compare  # noqa: E402 - grouped with its section
 from .compress_cmd import do_compress, parser_compress  # noqa: E402
 from .data_cmd import do_data, parser_data  # noqa: E402
 from .evaluate_cmd import do_evaluate, parser_evaluate  # noqa: E402
+from .flash_cmd import do_flash, do_info, parser_flash, parser_info  # noqa: E402
 from .train_cmd import do_train, parser_train  # noqa: E402
 from .monitor_cmd import do_monitor, parser_monitor  # noqa: E402
 from .treat_cmd import do_sessions, do_treat, parser_sessions, parser_treat  # noqa: E402
@@ -184,8 +134,9 @@ COMMANDS = {
     "demo": (do_demo, _parser_demo,
              "run the whole chain on synthetic EEG: train, export int8, flash a virtual helmet, verify"),
     "helmet": (do_helmet, _parser_helmet, "start a virtual helmet (real MicroPython behind a pty) and print its port"),
-    "flash": (do_flash, _parser_flash, "copy firmware_py and a bundle to a helmet over the raw REPL, SHA-256 verified"),
-    "info": (do_info, _parser_info, "ask the helmet firmware for its version, protocol and memory"),
+    "flash": (do_flash, parser_flash,
+              "flash firmware, a bundle and settings over the raw REPL: verified, atomic, resumable, --dry-run"),
+    "info": (do_info, parser_info, "ask the helmet firmware for its version, bundle, model, memory and storage"),
     "train": (do_train, parser_train, "train a model on a dataset; writes a model folder that compress and flash use"),
     "evaluate": (do_evaluate, parser_evaluate,
                  "leave-one-subject-out (or leave-one-run-out) evaluation with a per-subject report"),

@@ -69,6 +69,10 @@ class Helmet:
 
 def _not_painhelm(port: str, link: HelmetLink, timeout: float) -> ConnectError:
     said = b" ".join(list(link.text)[-4:]).decode(errors="replace").strip()
+    bad = str(getattr(link, "last_bad_frame", None) or "")
+    if bad.startswith("protocol version"):  # painhelm frames, another protocol: older or newer firmware
+        return ConnectError(f"the helmet on {port} sends frames of {bad.split(',')[0]}, this painhelm speaks "
+                            f"v{wire.PROTOCOL_VERSION}: flash matching firmware with painhelm flash --port {port}")
     if b">>>" in b"".join(link.text) or "MicroPython" in said or "raw REPL" in said:
         why = "a MicroPython REPL answered, but no painhelm firmware runs there (flash it: painhelm flash --port %s)" % port
     elif said:

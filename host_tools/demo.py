@@ -58,8 +58,7 @@ def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, max_epoch
     from painhelm.train.trainer import predict, train_model
 
     from . import report
-    from .flash import flash, progress_bar
-    from .image import device_image
+    from .flash import flash_helmet, progress_bar
     from .link import HelmetLink
     from .transport import SerialTransport
     from .virtual_helmet import VirtualHelmet
@@ -127,9 +126,9 @@ def run_demo(out_dir: str | Path = "runs/demo", seconds: float = 60.0, max_epoch
     try:
         transport = SerialTransport(port, wait=5.0)
         try:
-            image = device_image(bundle_dir)
-            stages.start("flash", f"[6/7] flashing {len(image)} files ({sum(map(len, image.values())) // 1024} KiB) over the raw REPL")
-            flash_summary = flash(transport, image, progress=progress_bar() if progress else None, reset=True)
+            stages.start("flash", "[6/7] flashing firmware and bundle over the raw REPL")
+            flash_summary = flash_helmet(transport, bundle=bundle_dir, progress=progress_bar() if progress else None,
+                                         timeout=60.0)
             link = HelmetLink(transport.serial, timeout=60.0)
             info = link.wait_ready(timeout=60.0)
             if info.get("bundle_error"):

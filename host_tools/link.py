@@ -60,6 +60,7 @@ class HelmetLink:
         self.device_errors: deque[tuple[int, int, str]] = deque(maxlen=256)
         self.text: deque[bytes] = deque(maxlen=256)  # console lines that were not frames
         self.bad_frames = 0
+        self.last_bad_frame: Exception | None = None
         self.lost_reports = 0
         self._last_report_seq: int | None = None
         self._parser = wire.LineParser(self._on_frame, self.text.append, self._on_error)
@@ -108,6 +109,7 @@ class HelmetLink:
 
     def _on_error(self, exc: Exception) -> None:
         self.bad_frames += 1
+        self.last_bad_frame = exc  # why (e.g. another protocol version): connect.py reports it
 
     def _read(self, block: bool) -> bool:
         """Feed what the port has (``block``: wait up to its read timeout for a byte)."""

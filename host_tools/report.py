@@ -44,15 +44,21 @@ def text_table(heads: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
-def plot_confusions(path: Path, mats: dict[str, tuple[np.ndarray, list[str]]]) -> Path:
-    """One heat map per (title -> (matrix, class names)), side by side, saved as PNG."""
+def plot_confusions(path: Path, mats: dict[str, tuple[np.ndarray, list[str]]], *,
+                    ncols: int | None = None) -> Path:
+    """One heat map per (title -> (matrix, class names)), side by side (``ncols`` per row:
+    default all in one row), saved as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(mats), figsize=(4.2 * len(mats), 4.0), squeeze=False)
-    for ax, (title, (m, names)) in zip(axes[0], mats.items()):
+    ncols = min(ncols or len(mats), len(mats))
+    nrows = -(-len(mats) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 4.0 * nrows), squeeze=False)
+    for ax in axes.ravel()[len(mats):]:
+        ax.axis("off")
+    for ax, (title, (m, names)) in zip(axes.ravel(), mats.items()):
         ax.imshow(m, cmap="Blues")
         for (i, j), v in np.ndenumerate(m):
             ax.text(j, i, str(v), ha="center", va="center", color="white" if v > m.max() / 2 else "black")
@@ -93,3 +99,27 @@ def write_report(out_dir: Path, title: str, summary: dict, heads: dict[str, list
         f"<th>agreement</th><th>n</th></tr>{cells}</table>{img}\n")
     paths["json"].write_text(json.dumps({"title": title, "summary": summary, "heads": heads}, indent=1, default=str))
     return paths
+
+
+def plot_latency(path: Path, series: dict[str, np.ndarray], unit: str = "ms") -> Path:
+    """Overlaid histograms of per-window times (label -> values in ``unit``), saved as PNG;
+    each label carries its median."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    finite = [np.asarray(v, float)[np.isfinite(v)] for v in series.values()]
+    every = np.concatenate(finite) if finite else np.zeros(0)
+    bins = np.linspace(every.min(), every.max(), 41) if every.size and every.max() > every.min() else 20
+    for (label, _), v in zip(series.items(), finite):
+        if v.size:
+            ax.hist(v, bins=bins, alpha=0.6, label=f"{label} (median {np.median(v):.1f} {unit})")
+    ax.set_xlabel(f"time per window ({unit})")
+    ax.set_ylabel("windows")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -11,6 +11,7 @@ is the flash filesystem; on the virtual helmet ``/`` is its folder.
 from __future__ import annotations
 
 import ast
+import binascii
 import errno
 import hashlib
 import struct
@@ -21,6 +22,9 @@ __all__ = ["SerialTransport", "TransportError", "TransportExecError"]
 
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 _POLL_S = 0.05  # pyserial read timeout; overall timeouts are enforced by our loops
+WRITE_CHUNK = 2048  # bytes per base64 line sent to the device
+WRITE_BATCH = 12288  # bytes per exec: its literals and their decoded copy must fit a 256 KB heap
+HASH_BUF = 1024  # bytes read per step when the device hashes a file
 
 
 class TransportError(Exception):
@@ -75,6 +79,7 @@ class SerialTransport:
         self.in_raw_repl = False
         self.use_raw_paste = True
         self._rx = bytearray()  # bytes read past a reply (only by greedy exec reads)
+        self._b64: bool | None = None  # the board has binascii.a2b_base64 (None: not asked yet)
         deadline = time.monotonic() + max(0.0, wait)
         kwargs = {"baudrate": baudrate, "timeout": _POLL_S, "write_timeout": 10}
         if "://" not in port:
@@ -333,36 +338,65 @@ class SerialTransport:
         """Rename a device file (replacing ``dst`` where the filesystem allows it)."""
         self._fs(f"renaming {src!r} to {dst!r}", f"os.rename({src!r}, {dst!r})")
 
+    def device_facts(self) -> dict:
+        """What the flasher needs to know about the board, in one exec.
+
+        ``mpy``: ``sys.implementation._mpy`` (None when the port has none), ``sha256`` and
+        ``base64``: whether hashlib.sha256 and binascii.a2b_base64 exist, ``storage_free``
+        and ``storage_total`` (bytes, None without statvfs), ``platform``, ``version``.
+        """
+        code = (
+            "import sys\nd = {'mpy': getattr(sys.implementation, '_mpy', None), 'platform': sys.platform,\n"
+            " 'version': '.'.join(str(v) for v in sys.implementation.version[:3])}\n"
+            "try:\n import hashlib\n d['sha256'] = hasattr(hashlib, 'sha256')\nexcept ImportError:\n d['sha256'] = False\n"
+            "try:\n import binascii\n d['base64'] = hasattr(binascii, 'a2b_base64')\nexcept ImportError:\n d['base64'] = False\n"
+            "try:\n s = os.statvfs('/')\n d['storage_free'] = s[0] * s[4]\n d['storage_total'] = s[0] * s[2]\n"
+            "except (AttributeError, OSError):\n d['storage_free'] = d['storage_total'] = None\n"
+            "print(repr(d))"
+        )
+        facts = ast.literal_eval(self._fs("reading the board's facts", code).decode().strip())
+        self._b64 = bool(facts.get("base64"))
+        return facts
+
     def fs_writefile(
         self,
         path: str,
         data: bytes,
-        chunk_size: int = 256,
+        chunk_size: int = WRITE_CHUNK,
         progress: Callable[[int, int], None] | None = None,
+        offset: int = 0,
     ) -> None:
-        """Write ``data`` to a device file, binary-safe (chunks travel as bytes literals).
+        """Write ``data[offset:]`` to a device file, binary-safe; ``offset`` > 0 appends to
+        the first ``offset`` bytes already there (resuming an interrupted write).
 
-        ``progress(done, total)`` is called after each batch of chunks.
+        Chunks travel as base64 (``binascii.a2b_base64``; repr'd bytes literals on a port
+        without it), a few per exec, and the file is closed after each exec, so what an
+        interrupted transfer leaves is a prefix of ``data`` that a later call can extend.
+        ``progress(done, total)`` is called after each exec with bytes of ``data`` on the device.
         """
+        if self._b64 is None:
+            self.device_facts()
         total = len(data)
-        self._fs(f"opening {path!r} for writing", f"_ph_f = open({path!r}, 'wb')\n_ph_w = _ph_f.write")
-        try:
-            done = 0
-            while done < total:
-                # Several chunks per exec: fewer round trips, bounded code size on the device.
-                lines, size = [], 0
-                while done + size < total and size < 8 * chunk_size:
-                    chunk = data[done + size : done + size + chunk_size]
-                    lines.append(f"_ph_w({chunk!r})")
-                    size += len(chunk)
-                self._fs(f"writing {path!r}", "\n".join(lines))
-                done += size
-                if progress is not None:
-                    progress(done, total)
-        finally:
-            self._fs(f"closing {path!r}", "_ph_f.close()\ndel _ph_f, _ph_w")
-        if total == 0 and progress is not None:
-            progress(0, 0)
+        done = max(0, min(int(offset), total))
+        mode = "ab" if done else "wb"
+        pre = "from binascii import a2b_base64 as _a\n" if self._b64 else ""
+        while True:
+            # One exec: open, a bounded batch of chunks, close. The batch's literals are all in
+            # the device's RAM at once: WRITE_BATCH bytes keeps that small on a 256 KB heap.
+            lines, size = [pre + f"_f = open({path!r}, {mode!r})\n_w = _f.write"], 0
+            while done + size < total and size < WRITE_BATCH:
+                chunk = data[done + size : done + size + chunk_size]
+                lines.append(f"_w(_a({binascii.b2a_base64(chunk, newline=False)!r}))" if self._b64
+                             else f"_w({chunk!r})")
+                size += len(chunk)
+            lines.append("_f.close()\ndel _f, _w")
+            self._fs(f"writing {path!r}", "\n".join(lines))
+            done += size
+            mode = "ab"
+            if progress is not None:
+                progress(done, total)
+            if done >= total:
+                break
 
     def fs_readfile(self, path: str, chunk_size: int = 256) -> bytes:
         """Read a device file (chunks travel back as bytes literals, one per line)."""
@@ -373,16 +407,38 @@ class SerialTransport:
         out = self._fs(f"reading {path!r}", code, timeout=60)
         return b"".join(ast.literal_eval(line) for line in out.decode().splitlines() if line.strip())
 
+    def fs_hashes(self, paths: list[str], timeout: float = 60.0) -> dict[str, tuple[int, str | None]]:
+        """``{path: (size, sha256 hex)}`` of the device files among ``paths``, in one exec.
+
+        Paths that do not exist (or are folders) are left out. The hash is None on a port
+        without hashlib.sha256 (``fs_sha256`` then reads the file back).
+        """
+        if not paths:
+            return {}
+        code = (
+            "try:\n import hashlib\n _H = hashlib.sha256\nexcept (ImportError, AttributeError):\n _H = None\n"
+            f"_b = bytearray({HASH_BUF})\n_m = memoryview(_b)\n"
+            f"for _p in {list(paths)!r}:\n"
+            " try:\n  _f = open(_p, 'rb')\n except OSError:\n  continue\n"
+            " _n = 0\n _h = _H() if _H else None\n"
+            " try:\n  while True:\n   _k = _f.readinto(_b)\n   if not _k:\n    break\n   _n += _k\n"
+            "   if _h:\n    _h.update(_m[:_k])\n except OSError:\n  _f.close()\n  continue\n"
+            " _f.close()\n print(repr((_p, _n, _h.digest() if _h else None)))\n"
+            "del _b, _m, _H"
+        )
+        out = self._fs(f"hashing {len(paths)} files", code, timeout=timeout)
+        found = {}
+        for line in out.decode().splitlines():
+            if line.strip():
+                p, n, digest = ast.literal_eval(line)
+                found[p] = (n, None if digest is None else bytes(digest).hex())
+        return found
+
     def fs_sha256(self, path: str) -> str:
         """SHA-256 (hex) of a device file, hashed on the device when it has hashlib.sha256."""
-        code = (
-            "try:\n import hashlib\n h = hashlib.sha256()\nexcept (ImportError, AttributeError):\n h = None\n"
-            f"if h is None:\n os.stat({path!r})\n print(None)\nelse:\n"
-            f" f = open({path!r}, 'rb')\n b = bytearray(256)\n m = memoryview(b)\n"
-            " while True:\n  n = f.readinto(b)\n  if not n:\n   break\n  h.update(m[:n])\n"
-            " f.close()\n print(repr(h.digest()))"
-        )
-        digest = ast.literal_eval(self._fs(f"hashing {path!r}", code, timeout=60).decode().strip())
-        if digest is None:  # no hashlib on this board: read it back and hash here
+        got = self.fs_hashes([path]).get(path)
+        if got is None:
+            raise TransportExecError(b"", f"OSError: [Errno 2] ENOENT: {path}", f"hashing {path!r}")
+        if got[1] is None:  # no hashlib on this board: read it back and hash here
             return hashlib.sha256(self.fs_readfile(path)).hexdigest()
-        return bytes(digest).hex()
+        return got[1]

@@ -14,8 +14,7 @@ def pytest_addoption(parser):
 @pytest.fixture(scope="module")
 def helmet(request, tmp_path_factory):
     """A helmet flashed with the current firmware_py (no bundle); yields an open SerialTransport."""
-    from painhelm.host_tools.flash import flash
-    from painhelm.host_tools.image import device_image
+    from painhelm.host_tools.flash import flash_helmet
     from painhelm.host_tools.transport import SerialTransport
     from painhelm.host_tools.virtual_helmet import VirtualHelmet
 
@@ -27,7 +26,7 @@ def helmet(request, tmp_path_factory):
         port = virtual.port
     t = SerialTransport(port, wait=5.0)
     try:
-        flash(t, device_image(None), reset=True)
+        flash_helmet(t, mpy=False)
         yield t
     finally:
         t.close()

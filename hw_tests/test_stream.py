@@ -22,8 +22,7 @@ HEAP = "256K"  # the compact model's budget; firmware flashed as .mpy
 @pytest.fixture(scope="module")
 def streaming_helmet(request, tmp_path_factory, stream_bundle):
     """A helmet flashed with firmware + ``stream_bundle``; yields (HelmetLink, info)."""
-    from painhelm.host_tools.flash import flash
-    from painhelm.host_tools.image import device_image
+    from painhelm.host_tools.flash import flash_helmet
     from painhelm.host_tools.link import HelmetLink
     from painhelm.host_tools.transport import SerialTransport
     from painhelm.host_tools.virtual_helmet import VirtualHelmet
@@ -35,7 +34,7 @@ def streaming_helmet(request, tmp_path_factory, stream_bundle):
         port = virtual.port
     t = SerialTransport(port, wait=5.0)
     try:
-        flash(t, device_image(stream_bundle["bundle"], mpy=True), reset=True)
+        flash_helmet(t, bundle=stream_bundle["bundle"])  # .mpy where the board's format allows
         link = HelmetLink(t.serial, timeout=60.0)
         info = link.wait_ready(timeout=60.0)
         yield link, info
