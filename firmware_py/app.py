@@ -187,6 +187,17 @@ def _make_link(cfg):
     return _sibling("link_serial").SerialLink()
 
 
+def _soft_reset():
+    """Start over on an empty heap, as the reset button would (boards; the unix port's
+    machine module has it too). Returns where the port has no soft reset (CPython)."""
+    try:
+        import machine
+    except ImportError:
+        return
+    if hasattr(machine, "soft_reset"):
+        machine.soft_reset()
+
+
 def _watchdog(ms):
     """machine.WDT where the port has one (boards), else None (unix port, CPython)."""
     if not ms:
@@ -230,7 +241,11 @@ class Runtime:
         gc.collect()
         kind = self.cfg["engine"]
 
-        self.helmet, self.slot, self.bundle_errors = slots.open_first(lambda root: Helmet(root, kind))
+        try:
+            self.helmet, self.slot, self.bundle_errors = slots.open_first(lambda root: Helmet(root, kind))
+        except slots.NeedsReset:
+            _soft_reset()
+            raise MemoryError("no room to load the previous bundle after refusing the new one; reset the helmet")
         self._prepare_stream()
         self._make_parser(None if self.helmet is None else self.helmet.pre)
         gc.collect()
@@ -451,12 +466,12 @@ class Runtime:
                 new = config.merge(self.cfg, args or {})
                 restart = self.streaming
                 self.stop()
-                old_engine = self.cfg["engine"]
+                old_engine, old_source = self.cfg["engine"], self.cfg["source"]
                 self.cfg = new
                 if new["engine"] != old_engine:
                     self.open_bundle()
-                else:
-                    self._stream = None
+                elif new["source"] != old_source:  # the link source is rebuilt only when it must
+                    self._stream = None  # be: on a 256 KB heap there may be no room for a second one
                     self._prepare_stream()
                 if restart:
                     self.start()

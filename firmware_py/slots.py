@@ -25,6 +25,13 @@ ACTIVE = bundle.BUNDLE_DIR
 PENDING = ACTIVE + ".new"
 PREVIOUS = ACTIVE + ".prev"
 REJECTED = ACTIVE + ".rejected"
+REASON_FILE = REJECTED + "/refused.txt"  # why the rejected bundle was refused, kept across resets
+
+
+class NeedsReset(Exception):
+    """A pending bundle was refused and the heap it left is too fragmented to load the
+    previous one: reset, and the next boot loads it on a clean heap (the refused bundle is
+    out of the way by then, so this cannot loop)."""
 
 
 def exists(path):
@@ -57,32 +64,50 @@ def _promote():
     os.rename(PENDING, ACTIVE)
 
 
-def _reject():
+def _reject(reason):
     rmtree(REJECTED)
     os.rename(PENDING, REJECTED)
+    with open(REASON_FILE, "w") as f:
+        f.write(reason)
+
+
+def _last_refusal():
+    try:
+        with open(REASON_FILE) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def open_first(load, base="."):
     """Open the best bundle with ``load(root)`` (which raises ``bundle.BundleError`` or
     ValueError for a bad one). Return ``(result, slot, errors)``: ``slot`` is the folder the
     result came from (None when nothing loaded) and ``errors`` the ``(slot, message)`` pairs
-    of the bundles refused on the way.
+    of the bundles refused on the way (a refusal from before a reset is remembered until a
+    bundle is promoted). Raises NeedsReset when the heap has no room left after a refusal.
     """
     cwd = None
     if base != ".":
         cwd = os.getcwd()
         os.chdir(base)
     errors = []
+    refused_now = False
     try:
         if exists(PENDING + "/" + bundle.MANIFEST_FILE):
             try:
                 result = load(PENDING)
             except (bundle.BundleError, ValueError) as e:
                 errors.append((PENDING, str(e)))
-                _reject()
+                _reject(str(e))
+                refused_now = True
             else:
                 _promote()
+                rmtree(REJECTED)  # a good bundle replaces the memory of a refused one
                 return result, ACTIVE, errors
+        else:
+            why = _last_refusal()
+            if why is not None:
+                errors.append((PENDING, why))
         for slot in (ACTIVE, PREVIOUS):
             if not exists(slot + "/" + bundle.MANIFEST_FILE) and not exists(slot):
                 continue
@@ -90,6 +115,10 @@ def open_first(load, base="."):
                 return load(slot), slot, errors
             except (bundle.BundleError, ValueError) as e:
                 errors.append((slot, str(e)))
+            except MemoryError:
+                if refused_now:
+                    raise NeedsReset()
+                raise
         return None, None, errors
     finally:
         if cwd is not None:

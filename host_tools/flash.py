@@ -330,6 +330,7 @@ def flash_helmet(
             files["/" + image.CONFIG_FILE] = cfg
         rmdirs: list[str] = []
         notes = [note] if note else []
+        staged = False  # a new bundle goes to model_bundle.new this time
         if payload is not None:
             names = list(payload)
             in_use = transport.fs_hashes([f"{active}/{n}" for n in names])
@@ -341,6 +342,7 @@ def flash_helmet(
                 rmdirs.append(pending)
                 notes.append("the helmet already runs this bundle")
             else:
+                staged = True
                 for n in names:  # manifest last (check_bundle's order): it marks the copy complete
                     files[f"{pending}/{n}"] = payload[n]
                 delete += [f"{pending}/{n}" for n in listed if n not in payload and not n.endswith(".tmp")]
@@ -353,13 +355,16 @@ def flash_helmet(
     summary.update(mpy=arch, notes=notes, facts=facts)
     if reset and not dry_run:
         want = None if payload is None else image.model_sha256(payload)
-        summary["info"] = confirm_boot(transport, want, timeout)
+        summary["info"] = confirm_boot(transport, want, timeout, staged)
     return summary
 
 
-def confirm_boot(transport: SerialTransport, model_sha256: str | None, timeout: float = 60.0) -> dict:
+def confirm_boot(transport: SerialTransport, model_sha256: str | None, timeout: float = 60.0,
+                 staged: bool = True) -> dict:
     """After the reset: wait for the firmware's answer on the transport's port; check that it
     is this firmware and (``model_sha256`` given) that it promoted and loaded that model.
+    ``staged``: a new bundle was written this time, so a refusal the helmet reports is this
+    flash's (the helmet remembers the last refusal until a bundle is promoted).
     Returns the firmware's info; FlashError with the helmet's reason otherwise."""
     from painhelm.firmware import slots, version, wire
 
@@ -384,7 +389,7 @@ def confirm_boot(transport: SerialTransport, model_sha256: str | None, timeout: 
         raise FlashError(f"after flashing, the helmet reports firmware {info.get('firmware')} protocol "
                          f"v{info.get('protocol')}, expected {version.VERSION} v{wire.PROTOCOL_VERSION} "
                          "(is another main.py or a frozen firmware taking precedence?)")
-    refused = info.get("bundle_refused") or info.get("bundle_error")  # this boot's refusals only
+    refused = (info.get("bundle_refused") if staged else None) or info.get("bundle_error")
     if model_sha256 is not None and (refused or info.get("bundle") != slots.ACTIVE
                                      or info.get("model_sha256") != model_sha256):
         reason = refused or "it did not load it"

@@ -305,10 +305,10 @@ def test_bundle_the_helmet_refuses_keeps_the_previous_one(tmp_path, tiny_bundle)
     """A bundle whose self-test answers are wrong passes the host checks (hashes match) but
     fails on the helmet: FlashError with the helmet's reason; it still runs the old bundle.
 
-    512 KB heap: on 256 KB the firmware runs out of memory loading the old bundle after
-    refusing the new one (see docs/flashing.md), which flash reports as a crash."""
+    256 KB heap: the refused attempt leaves no room to load the old bundle, so the helmet
+    resets once and loads it on a clean heap; the refusal's reason survives the reset."""
     (tmp_path / "fs").mkdir()
-    helmet = VirtualHelmet(tmp_path / "fs", heapsize="512K").start()
+    helmet = VirtualHelmet(tmp_path / "fs", heapsize="256K").start()
     transport = SerialTransport(helmet.port)
     try:
         _refused(helmet, transport, tiny_bundle, tmp_path)
@@ -332,6 +332,10 @@ def _refused(helmet, transport, tiny_bundle, tmp_path):
         flash_helmet(transport, bundle=bad, timeout=60)
     assert os.path.exists(helmet.fs_dir + "/model_bundle.rejected/manifest.json")
     assert open(helmet.fs_dir + "/model_bundle/manifest.json", "rb").read() == (tiny_bundle["bundle"] / "manifest.json").read_bytes()
+    # the helmet remembers why (across its reset) until a bundle is promoted; flashing the
+    # bundle it runs again writes nothing and is not mistaken for a second refusal
+    info = flash_helmet(transport, bundle=tiny_bundle["bundle"], timeout=60)["info"]
+    assert "self-test case" in info["bundle_refused"] and info["bundle"] == "model_bundle"
 
 
 def test_bad_bundles_and_settings_are_refused_on_the_host(tmp_path, tiny_bundle):
