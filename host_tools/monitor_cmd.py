@@ -4,9 +4,9 @@ Argument parsing and the terminal only; the work is in monitor.py (docs/treatmen
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
+
+from .ctrl_c import CtrlC
 
 
 def parser_monitor(p: argparse.ArgumentParser) -> None:
@@ -21,28 +21,6 @@ def parser_monitor(p: argparse.ArgumentParser) -> None:
     p.add_argument("--silence-timeout", type=float, default=10.0, metavar="S",
                    help="give up after S seconds without a heartbeat (default: %(default)s; 0: never)")
     p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to wait for the helmet (default: %(default)s)")
-
-
-class _CtrlC:
-    """First Ctrl-C: finish cleanly (the row being written is completed); second: interrupt."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old = None
-
-    def __enter__(self) -> "_CtrlC":
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, *_: object) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
 
 
 def do_monitor(args) -> int:
@@ -70,7 +48,7 @@ def do_monitor(args) -> int:
             print(f"monitoring {args.port} (firmware {helmet.info.get('firmware')}, model "
                   f"{str(helmet.info.get('model_sha256', '?'))[:12]})", flush=True)
         try:
-            with _CtrlC() as ctrl_c:
+            with CtrlC() as ctrl_c:
                 summary = run_monitor(helmet, view, recorder, duration=args.duration, count=args.count,
                                       start=args.start, silence_timeout=args.silence_timeout,
                                       should_stop=lambda: ctrl_c.requested)

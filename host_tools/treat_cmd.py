@@ -5,10 +5,10 @@ treat_sessions.py, the output stage treat_output.py. docs/treatment.md is the ma
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from pathlib import Path
+
+from .ctrl_c import CtrlC
 
 
 def parser_treat(p: argparse.ArgumentParser) -> None:
@@ -29,29 +29,6 @@ def _check_score(score: int | None) -> None:
 
     if score is not None and not 0 <= score <= 10:
         raise CommandError(f"--feedback must be from 0 to 10, got {score}")
-
-
-class _StopOnCtrlC:
-    """First Ctrl-C: ramp down and end the session; a second one: output off at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old = None
-
-    def __enter__(self) -> "_StopOnCtrlC":
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, *_: object) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print("\nstopping: ramping down (Ctrl-C again to switch the output off at once)", file=sys.stderr, flush=True)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
 
 
 class _TreatView:
@@ -138,7 +115,7 @@ def do_treat(args) -> int:
             print(f"treating from {args.port} (firmware {helmet.info.get('firmware')}, model "
                   f"{str(helmet.info.get('model_sha256', '?'))[:12]}); policy {policy.source}; "
                   f"database {store.path}" + ("; Ctrl-C to stop" if tty else ""), flush=True)
-            with _StopOnCtrlC() as ctrl_c:
+            with CtrlC("stopping: ramping down (Ctrl-C again to switch the output off at once)") as ctrl_c:
                 try:
                     res = run_treatment(helmet, policy, output, store, duration=args.duration, start=args.start,
                                         should_stop=lambda: ctrl_c.requested, on_tick=view)

@@ -12,16 +12,9 @@ from painhelm.host_tools.cli import main
 from painhelm.host_tools.flash import flash
 from painhelm.host_tools.image import firmware_files
 from painhelm.host_tools.transport import SerialTransport
-from painhelm.host_tools.virtual_helmet import VirtualHelmet
 
 
-@pytest.fixture
-def helmet(tmp_path):
-    """A running virtual helmet (256 KB heap) on an empty folder."""
-    fs = tmp_path / "fs"
-    fs.mkdir()
-    with VirtualHelmet(fs, heapsize="256K") as h:
-        yield h
+from .test_flash import helmet  # noqa: F401 - the same empty 256 KB helmet
 
 
 def run(capsys, *argv):
