@@ -29,8 +29,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 from bench.common import write_result
 from painhelm.host_tools.connect import open_helmet
 from painhelm.host_tools.treat import TICK_S, run_treatment
@@ -44,26 +42,10 @@ RISE_TO = 60.0  # % reached before the helmet is silenced: max_intensity, the lo
 
 def build_fs(out: Path) -> Path:
     """A small bundle (brief training on synthetic subjects) and a playback helmet filesystem."""
-    import torch
+    from hw_tests.helmets import build_bundle
 
-    from painhelm.compress.bundle import write_bundle
-    from painhelm.compress.export import TFLMRunner, export_tflite
-    from painhelm.train.features import Preprocessing
-    from painhelm.train.synthetic import make_synthetic
-    from painhelm.train.trainer import train_model
-
-    torch.set_num_threads(2)
-    ws = make_synthetic(n_subjects=3, windows_per_class=6, seed=1)
-    train, test = ws.subset(ws.subject != "S03"), ws.subset(ws.subject == "S03")
-    pre = Preprocessing.for_trials(train, n_frames=4, image_size=16)
-    x = pre.images(train.data)
-    model, _ = train_model(x, train.level, train.location, seconds=5, max_epochs=15, progress=False)
-    tfl = export_tflite(model, x[:64], out / "export")
-    r = TFLMRunner(tfl["int8"])
-    bundle = write_bundle(out / "bundle", tfl["int8"], pre, ws.level_names, ws.location_names, r.input_scale,
-                          r.input_zero_point)
-    data = np.concatenate(list(test.data), axis=1).astype(np.float32)
-    return write_playback_fs(out / "fs", bundle, data, ws.sfreq, test.ch_names)
+    b = build_bundle(out, seed=1, seconds=5, windows_per_class=6, max_epochs=15)
+    return write_playback_fs(out / "fs", b["bundle"], b["data"], b["sfreq"], b["test"].ch_names)
 
 
 def policy() -> Policy:

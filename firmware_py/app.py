@@ -240,7 +240,6 @@ class Runtime:
         self.parser = None
         gc.collect()
         kind = self.cfg["engine"]
-
         try:
             self.helmet, self.slot, self.bundle_errors = slots.open_first(lambda root: Helmet(root, kind))
         except slots.NeedsReset:
@@ -249,6 +248,7 @@ class Runtime:
         self._prepare_stream()
         self._make_parser(None if self.helmet is None else self.helmet.pre)
         gc.collect()
+        self._describe()
 
     def _prepare_stream(self):
         """The link source is made once per bundle, at load: on a 256 KB board the few KB it
@@ -271,23 +271,23 @@ class Runtime:
         """A line parser whose frame buffer fits what this bundle takes, not the protocol's
         32 KB bound: RAM is the helmet's scarcest resource. A whole INFER window when
         there is room for it; on a board where there is not (a 256 KB heap), SAMPLES frames
-        of up to ``sources.LINK_CAPACITY`` samples only, and INFER is refused as too long
+        of up to ``wire.SAMPLES_PER_FRAME`` samples only, and INFER is refused as too long
         (``info()["max_payload"]`` tells the host which)."""
         self.parser = None
-        gc.collect()
         sizes = [1024]
         if pre is not None:
             n_ch = len(pre["ch_names"])
-            stream = 8 + 4 * n_ch * _sibling("sources").LINK_CAPACITY
-            sizes = [max(stream, 8 + 4 * n_ch * pre["n_times"]), max(stream, 1024)]
+            stream = max(8 + 4 * n_ch * wire.SAMPLES_PER_FRAME, 1024)
+            sizes = [max(stream, 8 + 4 * n_ch * pre["n_times"]), stream]
         for payload in sizes:
+            gc.collect()
             try:
-                self.parser = wire.LineParser(self._on_frame, None, self._on_bad_frame,
-                                              ((wire.HEADER_SIZE + payload + wire.CRC_SIZE + 2) // 3) * 4 + 2)
-                self.max_payload = payload
-                return
+                parser = wire.LineParser(self._on_frame, None, self._on_bad_frame,
+                                         ((wire.HEADER_SIZE + payload + wire.CRC_SIZE + 2) // 3) * 4 + 2)
             except MemoryError:
-                gc.collect()
+                continue
+            self.parser, self.max_payload = parser, payload
+            return
         raise MemoryError("no room for the link's frame buffer")
 
     def error(self):
@@ -303,22 +303,14 @@ class Runtime:
             return wire.STATE_NO_BUNDLE
         return wire.STATE_STREAMING if self.streaming else wire.STATE_IDLE
 
-    def info(self):
-        """The device description sent in MSG_PONG (json)."""
-        gc.collect()
+    def _describe(self):
+        """The fixed part of the device description, as json text: made when the bundle
+        or the settings change, so that answering a PING allocates only a line's worth
+        (on a 256 KB heap a whole dict and its json at each PING ran out of memory)."""
         d = {"firmware": version.VERSION, "protocol": wire.PROTOCOL_VERSION,
              "platform": sys.platform, "impl": sys.implementation.name,
-             "state": self.state(), "link": self.cfg["link"], "source": self.cfg["source"].get("kind")}
-        if hasattr(gc, "mem_free"):
-            d["mem_free"] = gc.mem_free()
-            d["mem_total"] = gc.mem_free() + gc.mem_alloc()
-        if hasattr(os, "statvfs"):
-            try:
-                st = os.statvfs("/")
-                d["storage_free"] = st[0] * st[4]  # f_bsize * f_bavail
-                d["storage_total"] = st[0] * st[2]
-            except OSError:
-                pass
+             "link": self.cfg["link"], "source": self.cfg["source"].get("kind"),
+             "signing": "on" if slots.signing() else "off"}  # on: only bundles signed for this helmet load
         h = self.helmet
         if h is not None:
             d["bundle"] = self.slot
@@ -333,7 +325,7 @@ class Runtime:
             d["n_times"] = h.n_times
             d["hop"] = self._hop()
             d["max_payload"] = self.max_payload
-            d["samples_per_frame"] = _sibling("sources").LINK_CAPACITY
+            d["samples_per_frame"] = wire.SAMPLES_PER_FRAME
         err = self.error()
         if err:
             d["bundle_error"] = err
@@ -341,7 +333,25 @@ class Runtime:
             d["bundle_refused"] = "; ".join("%s: %s" % e for e in self.bundle_errors)
         if self.cfg_error:
             d["config_error"] = self.cfg_error
-        return json.dumps(d)
+        self._described = json.dumps(d)
+        d = None
+        gc.collect()
+
+    def info(self):
+        """The device description sent in MSG_PONG (json text): the fixed part from
+        ``_describe`` plus state, heap and storage now."""
+        gc.collect()
+        now = '"state": %d' % self.state()
+        if hasattr(gc, "mem_free"):
+            free = gc.mem_free()
+            now += ', "mem_free": %d, "mem_total": %d' % (free, free + gc.mem_alloc())
+        if hasattr(os, "statvfs"):
+            try:
+                st = os.statvfs("/")
+                now += ', "storage_free": %d, "storage_total": %d' % (st[0] * st[4], st[0] * st[2])
+            except OSError:
+                pass
+        return self._described[:-1] + ", " + now + "}"
 
     # ------------------------------------------------------------------ acquisition
 
@@ -475,6 +485,7 @@ class Runtime:
                     self._prepare_stream()
                 if restart:
                     self.start()
+                self._describe()
                 return wire.pack_ack(wire.ACK_OK, json.dumps(new))
             elif code == wire.CMD_RESET:
                 if self.helmet is not None:

@@ -9,12 +9,15 @@ Three folders on the device's filesystem::
 At boot, ``open_first`` tries ``.new``: if its hashes and self-test pass it is promoted
 (``model_bundle`` -> ``.prev``, ``.new`` -> ``model_bundle``); if not, it is renamed
 ``model_bundle.rejected`` (kept for inspection) and the helmet goes on with the bundle it
-had. Each rename is a single directory rename, so a power cut at any point leaves a state
+had. A helmet with a signing key (``keys/bundle.key``) refuses every bundle whose signature
+does not verify, before reading it (``sign.py``). Each rename is a single directory rename, so a power cut at any point leaves a state
 this same procedure resolves at the next boot: the device never boots a half-written or
 failing bundle while a good one exists.
 """
 
+import gc
 import os
+import sys
 
 try:
     from . import bundle
@@ -26,6 +29,7 @@ PENDING = ACTIVE + ".new"
 PREVIOUS = ACTIVE + ".prev"
 REJECTED = ACTIVE + ".rejected"
 REASON_FILE = REJECTED + "/refused.txt"  # why the rejected bundle was refused, kept across resets
+KEY_FILE = "keys/bundle.key"  # = sign.KEY_FILE; here so a helmet without a key never imports sign
 
 
 class NeedsReset(Exception):
@@ -79,6 +83,39 @@ def _last_refusal():
         return None
 
 
+def signing():
+    """True when this helmet has a signing key: every bundle must then carry its signature."""
+    return exists(KEY_FILE)
+
+
+def _verify(root):
+    """Check ``root``'s signature with the helmet's key (sign.SignatureError if it fails).
+    sign is imported for the check and dropped again: on a 256 KB board its code must not
+    sit in the heap while the model is loaded."""
+    gc.collect()
+    try:
+        from . import sign
+    except ImportError:
+        import sign
+    try:
+        sign.verify(root, sign.read_key())
+    finally:
+        sys.modules.pop("sign", None)  # the flat module on a helmet; the host keeps its package
+
+
+def _signed(load):
+    """``load`` behind the signature check when the helmet has a key (docs/signing.md):
+    the manifest's MAC is checked before anything in the bundle is read or trusted."""
+    if not signing():
+        return load
+
+    def checked(root):
+        _verify(root)
+        gc.collect()
+        return load(root)
+    return checked
+
+
 def open_first(load, base="."):
     """Open the best bundle with ``load(root)`` (which raises ``bundle.BundleError`` or
     ValueError for a bad one). Return ``(result, slot, errors)``: ``slot`` is the folder the
@@ -93,6 +130,7 @@ def open_first(load, base="."):
     errors = []
     refused_now = False
     try:
+        load = _signed(load)
         if exists(PENDING + "/" + bundle.MANIFEST_FILE):
             try:
                 result = load(PENDING)

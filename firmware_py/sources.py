@@ -39,7 +39,7 @@ except ImportError:
     uctypes = None
 
 KINDS = ("link", "playback", "ads1299", "brainflow")
-LINK_CAPACITY = 64  # samples the link FIFO holds: the most one MSG_SAMPLES frame should carry
+LINK_CAPACITY = wire.SAMPLES_PER_FRAME  # samples the link FIFO holds: one MSG_SAMPLES frame
 
 
 def _check_option(name, value, allowed):

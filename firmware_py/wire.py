@@ -85,6 +85,9 @@ ERR_INTERNAL = const(5)
 ERR_BAD_COMMAND = const(6)
 
 MAX_PAYLOAD = const(32768)
+# most samples one MSG_SAMPLES frame carries, and what the helmet's link FIFO holds: 2 KB
+# pieces for 16 channels, which a 256 KB heap still has free after the model loads
+SAMPLES_PER_FRAME = const(32)
 HEADER_SIZE = const(6)
 CRC_SIZE = const(4)
 MAX_FRAME = const(HEADER_SIZE + MAX_PAYLOAD + CRC_SIZE)
@@ -139,7 +142,9 @@ def decode_frame(frame):
 
 def encode_line(msg_type, seq, payload=b""):
     """Return the serial-console form of a message: ``$`` + base64(frame) + newline."""
-    return b"$" + b2a_base64(encode_frame(msg_type, seq, payload)).rstrip(b"\n") + b"\n"
+    # b2a_base64 ends its output with the newline: two allocations, not four (a 256 KB
+    # helmet's heap may have no other piece as big as a line)
+    return b"$" + b2a_base64(encode_frame(msg_type, seq, payload))
 
 
 class LineParser:

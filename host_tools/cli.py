@@ -125,6 +125,7 @@ from .compress_cmd import do_compress, parser_compress  # noqa: E402
 from .data_cmd import do_data, parser_data  # noqa: E402
 from .evaluate_cmd import do_evaluate, parser_evaluate  # noqa: E402
 from .flash_cmd import do_flash, do_info, parser_flash, parser_info  # noqa: E402
+from .keys_cmd import do_keys, parser_keys  # noqa: E402
 from .train_cmd import do_train, parser_train  # noqa: E402
 from .monitor_cmd import do_monitor, parser_monitor  # noqa: E402
 from .treat_cmd import do_sessions, do_treat, parser_sessions, parser_treat  # noqa: E402
@@ -137,6 +138,7 @@ COMMANDS = {
     "flash": (do_flash, parser_flash,
               "flash firmware, a bundle and settings over the raw REPL: verified, atomic, resumable, --dry-run"),
     "info": (do_info, parser_info, "ask the helmet firmware for its version, bundle, model, memory and storage"),
+    "keys": (do_keys, parser_keys, "create, list and provision the per-helmet keys that sign bundles (docs/signing.md)"),
     "train": (do_train, parser_train, "train a model on a dataset; writes a model folder that compress and flash use"),
     "evaluate": (do_evaluate, parser_evaluate,
                  "leave-one-subject-out (or leave-one-run-out) evaluation with a per-subject report"),

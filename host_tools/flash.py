@@ -294,6 +294,8 @@ def flash_helmet(
     reset: bool = True,
     dry_run: bool = False,
     timeout: float = 60.0,
+    key: bytes | None = None,
+    keystore: str | Path | None = None,
 ) -> dict:
     """Flash the painhelm firmware, optionally a bundle folder and a settings file; return a summary.
 
@@ -304,6 +306,8 @@ def flash_helmet(
     the firmware's answer: it must be this firmware version and, with a bundle, it must have
     promoted the new bundle, else FlashError with the helmet's reason. The summary adds
     ``mpy`` (the arch or None), ``notes`` and ``info`` (the firmware's answer).
+    The bundle is signed for this helmet (docs/signing.md) with ``key``, else, when the
+    helmet has signing on, with its key from ``keystore`` (default: ``keys.default_dir()``).
     """
     from painhelm.firmware import slots
 
@@ -332,6 +336,7 @@ def flash_helmet(
         notes = [note] if note else []
         staged = False  # a new bundle goes to model_bundle.new this time
         if payload is not None:
+            payload = _sign_bundle(transport, payload, key, keystore, notes)
             names = list(payload)
             in_use = transport.fs_hashes([f"{active}/{n}" for n in names])
             listed = _list_dirs(transport, [pending]).get(pending, [])
@@ -357,6 +362,33 @@ def flash_helmet(
         want = None if payload is None else image.model_sha256(payload)
         summary["info"] = confirm_boot(transport, want, timeout, staged)
     return summary
+
+
+def _sign_bundle(transport: SerialTransport, payload: dict[str, bytes], key: bytes | None,
+                 keystore: str | Path | None, notes: list[str]) -> dict[str, bytes]:
+    """The bundle files plus the signature this helmet checks (unchanged, with a note, for a
+    helmet with signing off and no ``key``)."""
+    from . import keys
+
+    has_key, device_id = keys.device_signing(transport)
+    if key is None and has_key:
+        store = keys.KeyStore(keystore)
+        if device_id is None:
+            raise FlashError("this helmet has a signing key but no device id: provision it again "
+                             "(`painhelm keys provision`)")
+        try:
+            key = store.get(device_id)
+        except keys.KeyStoreError as exc:
+            raise FlashError(str(exc)) from None
+        if key is None:
+            raise FlashError(f"helmet {device_id} only accepts bundles signed with its own key and the keystore "
+                             f"{store.dir} has none for it: use the keystore that provisioned it "
+                             "(--keys DIR or $PAINHELM_KEYS) or --key FILE")
+    if key is None:
+        notes.append("signing is off on this helmet: it accepts unsigned bundles (`painhelm keys provision` "
+                     "turns it on)")
+        return payload
+    return keys.sign_payload(payload, key, device_id or "-")
 
 
 def confirm_boot(transport: SerialTransport, model_sha256: str | None, timeout: float = 60.0,

@@ -23,6 +23,10 @@ def parser_flash(p: argparse.ArgumentParser) -> None:
                    help="do not reset the helmet afterwards (a new bundle is then tried at its next boot)")
     p.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait for the new firmware to answer after the reset (default: %(default)s)")
+    p.add_argument("--key", default=None, metavar="FILE",
+                   help="sign the bundle with this key file instead of the helmet's key from the keystore")
+    p.add_argument("--keys", default=None, metavar="DIR",
+                   help="keystore folder (default: $PAINHELM_KEYS or ~/.local/share/painhelm/keys); see docs/signing.md")
 
 
 def do_flash(args) -> int:
@@ -39,11 +43,20 @@ def do_flash(args) -> int:
         check_config(args.config)
     if args.timeout <= 0:
         raise CommandError(f"--timeout must be positive, got {args.timeout}")
+    key = None
+    if getattr(args, "key", None) is not None:
+        from .keys import KeyStoreError, read_key_file
+
+        try:
+            key = read_key_file(args.key)
+        except KeyStoreError as exc:
+            raise CommandError(str(exc)) from None
     bar = progress_bar() if sys.stderr.isatty() and not args.dry_run else None
     t = SerialTransport(args.port, wait=3.0)
     try:
         summary = flash_helmet(t, bundle=args.bundle, config=args.config, mpy=False if args.no_mpy else None,
-                               progress=bar, reset=not args.no_reset, dry_run=args.dry_run, timeout=args.timeout)
+                               progress=bar, reset=not args.no_reset, dry_run=args.dry_run, timeout=args.timeout,
+                               key=key, keystore=getattr(args, "keys", None))
     except KeyboardInterrupt:
         print("painhelm: flash interrupted; the helmet keeps its previous files. "
               "Run the same command again to resume.", file=sys.stderr)
@@ -68,6 +81,8 @@ def do_flash(args) -> int:
     if info is not None:
         what = "no bundle" if not info.get("model_sha256") else f"bundle model {info['model_sha256'][:12]}"
         print(f"the helmet runs firmware {info.get('firmware')} (protocol v{info.get('protocol')}) with {what}")
+        if args.bundle and info.get("signing") == "on":
+            print("the bundle is signed for this helmet and its signature was verified there")
         if info.get("bundle_error"):
             print(f"note: {info['bundle_error']}", file=sys.stderr)
     elif args.no_reset and args.bundle:
@@ -108,6 +123,9 @@ def format_info(info: dict) -> list[str]:
     if "storage_free" in info:
         rows.append(("storage", f"{_size(info['storage_free'])} free of {_size(info.get('storage_total'))}"))
     rows.append(("link", f"{info.get('link', '?')}, source {info.get('source', '?')}"))
+    if "signing" in info:
+        rows.append(("signing", "on: only bundles signed with this helmet's key load" if info["signing"] == "on"
+                     else "off: unsigned bundles are accepted (`painhelm keys provision` turns it on)"))
     for key, name in (("bundle_error", "bundle error"), ("bundle_refused", "refused"), ("config_error", "config error")):
         if info.get(key):
             rows.append((name, str(info[key])))

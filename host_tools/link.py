@@ -276,7 +276,8 @@ class HelmetLink:
         """Stream samples (n_ch, n_samples) in µV as MSG_SAMPLES chunks; return the index
         after the last sample sent (the next call's ``first_index``).
 
-        Each chunk holds as many samples as fit in MAX_PAYLOAD (or ``max_samples``); the
+        Each chunk holds ``wire.SAMPLES_PER_FRAME`` samples (what the helmet's link FIFO
+        keeps; ``max_samples`` can lower it) or fewer when MAX_PAYLOAD is the limit; the
         helmet answers nothing, and its reports arrive as unsolicited frames (next_report).
         What has arrived is read between chunks, so the port's buffer never fills."""
         x = np.asarray(data, dtype="<f4")
@@ -286,7 +287,8 @@ class HelmetLink:
         fit = (wire.MAX_PAYLOAD - _SAMPLES_HEADER_SIZE) // (4 * n_ch)
         if fit < 1:
             raise ValueError(f"{n_ch} channels do not fit one sample in MAX_PAYLOAD ({wire.MAX_PAYLOAD} bytes)")
-        step = fit if max_samples is None else max(1, min(fit, int(max_samples)))
+        want = wire.SAMPLES_PER_FRAME if max_samples is None else max(1, int(max_samples))
+        step = min(fit, want)
         xt = np.ascontiguousarray(x.T)  # sample-major, as MSG_SAMPLES carries it
         for i in range(0, n, step):
             k = min(step, n - i)

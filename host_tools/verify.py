@@ -278,7 +278,7 @@ def stream_windows(link, info: dict, data: np.ndarray, sfreq: float, timeout: fl
             restore = None
         link.command(wire.CMD_STOP)  # the first SAMPLES frame restarts the window from empty
         _drain_reports(link)
-    per_frame = int(info.get("samples_per_frame") or 64)
+    per_frame = int(info.get("samples_per_frame") or wire.SAMPLES_PER_FRAME)
     it = range(n)
     if progress:
         from tqdm.auto import tqdm

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hw_tests.helmets import build_bundle
 from painhelm.firmware import wire
 from painhelm.host_tools.replay import compare_reports, expected_reports
 
@@ -47,28 +48,8 @@ def streaming_helmet(request, tmp_path_factory, stream_bundle):
 @pytest.fixture(scope="module")
 def stream_bundle(tmp_path_factory):
     """A compact model trained briefly on synthetic subjects, with calibrated decisions."""
-    import torch
-
-    from painhelm.compress.bundle import write_bundle
-    from painhelm.compress.decisions import calibrate
-    from painhelm.compress.export import TFLMRunner, export_tflite
-    from painhelm.train.features import Preprocessing
-    from painhelm.train.synthetic import make_synthetic
-    from painhelm.train.trainer import train_model
-
-    torch.set_num_threads(2)
-    out = tmp_path_factory.mktemp("stream")
-    ws = make_synthetic(n_subjects=3, windows_per_class=4, seed=3)
-    train, test = ws.subset(ws.subject != "S03"), ws.subset(ws.subject == "S03")
-    pre = Preprocessing.for_trials(train, n_frames=4, image_size=16)
-    x_train = pre.images(train.data)
-    model, _ = train_model(x_train, train.level, train.location, seconds=4, max_epochs=8, progress=False)
-    tfl = export_tflite(model, x_train[:64], out / "export")
-    runner = TFLMRunner(tfl["int8"])
-    decision, _ = calibrate(pre, train, dataset="synthetic-pain")
-    bundle = write_bundle(out / "bundle", tfl["int8"], pre, ws.level_names, ws.location_names,
-                          runner.input_scale, runner.input_zero_point, decision=decision)
-    return {"bundle": bundle, "test": test, "sfreq": ws.sfreq}
+    return build_bundle(tmp_path_factory.mktemp("stream"), seed=3, seconds=4, windows_per_class=4, max_epochs=8,
+                        decisions=True)
 
 
 def test_streamed_trial_gives_the_host_pipelines_reports(streaming_helmet, stream_bundle):
@@ -77,7 +58,7 @@ def test_streamed_trial_gives_the_host_pipelines_reports(streaming_helmet, strea
     assert info["protocol"] == wire.PROTOCOL_VERSION and info["selftest_cases"] > 0
     test = stream_bundle["test"]
     data = np.concatenate(list(test.data[:N_WINDOWS]), axis=1).astype(np.float32)  # a continuous recording
-    link.send_samples(data, 0, max_samples=64)
+    link.send_samples(data, 0, max_samples=wire.SAMPLES_PER_FRAME)
     reports = [link.next_report(timeout=60.0) for _ in range(N_WINDOWS)]
     host = expected_reports(stream_bundle["bundle"], data)
     assert len(host) == N_WINDOWS

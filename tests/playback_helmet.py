@@ -95,3 +95,28 @@ class HelmetProcess:
     def __exit__(self, *exc: object) -> None:
         if self.proc.poll() is None:
             self.kill()
+
+
+def treat_in_thread(port, policy, store, output, **kw):
+    """``run_treatment`` against the helmet on ``port``, on its own thread (the test kills or
+    stops the helmet meanwhile). Returns ``(thread, box)``: ``box`` gets ``res`` (the
+    result) or ``error`` (what it raised) when the thread ends."""
+    import threading
+
+    from painhelm.host_tools.connect import open_helmet
+    from painhelm.host_tools.treat import run_treatment
+
+    helmet = open_helmet(port, timeout=20)
+    box: dict = {}
+
+    def go():
+        try:
+            box["res"] = run_treatment(helmet, policy, output, store, **kw)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box["error"] = e
+        finally:
+            helmet.close()
+
+    th = threading.Thread(target=go, daemon=True)
+    th.start()
+    return th, box

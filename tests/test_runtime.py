@@ -48,8 +48,9 @@ def recording(tiny_bundle, n_windows: int) -> np.ndarray:
     return np.concatenate(list(tiny_bundle["test"].data[:n_windows]), axis=1).astype(np.float32)
 
 
-def sample_lines(data: np.ndarray, chunk: int = 50) -> bytes:
-    """The SAMPLES frames a host sends for ``data`` (n_ch, n), ``chunk`` samples each."""
+def sample_lines(data: np.ndarray, chunk: int = wire.SAMPLES_PER_FRAME) -> bytes:
+    """The SAMPLES frames a host sends for ``data`` (n_ch, n), ``chunk`` samples each
+    (at most ``wire.SAMPLES_PER_FRAME``: the helmet keeps only the newest that many)."""
     n_ch, n = data.shape
     out = []
     for i, start in enumerate(range(0, n, chunk)):
@@ -123,7 +124,7 @@ def test_hop_gives_overlapping_windows(tiny_bundle, device_root):
     data = recording(tiny_bundle, 3)
     hop = tiny_bundle["pre"].n_times // 2
     rt = app.Runtime(MemLink(), dict(MICRO, hop=hop))
-    rt.link.inbox += sample_lines(data, chunk=37)
+    rt.link.inbox += sample_lines(data, chunk=27)
     while rt.step():
         pass
     reports = [wire.unpack_report(p) for t, s, p in frames(rt.link.out) if t == wire.MSG_REPORT]

@@ -19,13 +19,11 @@ import numpy as np
 import pytest
 
 from painhelm.host_tools.cli import main
-from painhelm.host_tools.connect import open_helmet
-from painhelm.host_tools.treat import run_treatment
 from painhelm.host_tools.treat_output import SimulatedOutput
 from painhelm.host_tools.treat_policy import load_policy
 from painhelm.host_tools.treat_sessions import SessionStore
 from painhelm.host_tools.virtual_helmet import VirtualHelmet
-from tests.playback_helmet import HelmetProcess, write_playback_fs
+from tests.playback_helmet import HelmetProcess, treat_in_thread, write_playback_fs
 
 pytestmark = pytest.mark.e2e
 
@@ -53,24 +51,6 @@ def policy_file(tmp_path):
     return p
 
 
-def _treat_in_thread(port, policy, store, output, **kw):
-    """run_treatment on its own thread; returns (thread, result dict)."""
-    helmet = open_helmet(port, timeout=20)
-    box: dict = {}
-
-    def go():
-        try:
-            box["res"] = run_treatment(helmet, policy, output, store, **kw)
-        except BaseException as e:  # noqa: BLE001 - handed to the test
-            box["error"] = e
-        finally:
-            helmet.close()
-
-    th = threading.Thread(target=go, daemon=True)
-    th.start()
-    return th, box
-
-
 def _wait(cond, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
@@ -83,7 +63,7 @@ def test_killed_helmet_brings_the_output_to_zero_within_1s(playback_fs, policy_f
     store = SessionStore(tmp_path / "sessions.sqlite")
     out = SimulatedOutput()
     with HelmetProcess(playback_fs) as hp:
-        th, box = _treat_in_thread(hp.port, policy, store, out)
+        th, box = treat_in_thread(hp.port, policy, store, out)
         _wait(lambda: out.intensity >= 10.0 or not th.is_alive(), 25, "the output to rise from confident reports")
         assert out.intensity >= 10.0, box
         t_kill = hp.kill()
@@ -124,7 +104,7 @@ def test_silent_helmet_fails_safe_then_resumes_from_a_new_report(playback_fs, po
     out = SimulatedOutput()
     stop = threading.Event()
     with HelmetProcess(playback_fs) as hp:
-        th, box = _treat_in_thread(hp.port, policy, store, out, should_stop=stop.is_set)
+        th, box = treat_in_thread(hp.port, policy, store, out, should_stop=stop.is_set)
         _wait(lambda: out.intensity >= 10.0 or not th.is_alive(), 25, "the output to rise")
         interp = hp.interpreter()
         os.killpg(interp, signal.SIGSTOP)
