@@ -370,7 +370,8 @@ class _DeafPort:
 
 
 def test_send_samples_chunks_respect_max_payload():
-    """Chunks are sample-major, consecutive, and never exceed MAX_PAYLOAD."""
+    """Chunks are sample-major, consecutive, SAMPLES_PER_FRAME long (the helmet's FIFO) and
+    never exceed MAX_PAYLOAD (which is the limit for very many channels)."""
     port = _DeafPort()
     link = HelmetLink(port, timeout=1.0)
     n_ch, n = 3, 6000
@@ -386,7 +387,15 @@ def test_send_samples_chunks_respect_max_payload():
         assert t == wire.MSG_SAMPLES and ch == n_ch and len(pl) <= wire.MAX_PAYLOAD and first == idx & 0xFFFFFFFF
         idx += k
         got.append(np.frombuffer(pl[off:], "<f4").reshape(k, n_ch))
-    assert len(frames) == math.ceil(n / ((wire.MAX_PAYLOAD - 8) // (4 * n_ch)))
+    assert len(frames) == math.ceil(n / wire.SAMPLES_PER_FRAME)
+    wide = HelmetLink(_DeafPort(), timeout=1.0)
+    n_ch = 300  # 1200 bytes a sample: fewer than SAMPLES_PER_FRAME fit in MAX_PAYLOAD
+    fit = (wire.MAX_PAYLOAD - 8) // (4 * n_ch)
+    assert fit < wire.SAMPLES_PER_FRAME
+    wide.send_samples(np.zeros((n_ch, 100), np.float32), 0)
+    sizes = []
+    wire.LineParser(lambda t, s, pl: sizes.append(wire.unpack_samples_header(pl)[1])).feed(b"".join(wide.serial.sent))
+    assert sizes == [fit] * (100 // fit) + [100 % fit]
     assert np.array_equal(np.concatenate(got).T, x)
     with pytest.raises(ValueError, match="shape"):
         link.send_samples(np.zeros(5), 0)
