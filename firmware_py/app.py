@@ -527,9 +527,18 @@ class Runtime:
             self._wdt.feed()
         return busy
 
+    def announce(self):
+        """Tell the host the helmet is ready (PONG, seq 0) and, when a bundle was refused
+        on the way, why (ERROR ERR_BUNDLE_REFUSED, seq 0): a tool that just flashed it hears
+        the refusal without asking."""
+        self._send(wire.MSG_PONG, 0, self.info().encode())
+        if self.bundle_errors:
+            self._send(wire.MSG_ERROR, 0, wire.pack_error(
+                wire.ERR_BUNDLE_REFUSED, "; ".join("%s: %s" % e for e in self.bundle_errors)))
+
     def run(self):
         """Announce, then serve until the link closes (never, on a board)."""
-        self._send(wire.MSG_PONG, 0, self.info().encode())  # announce: ready
+        self.announce()
         if self.cfg["autostart"] and self.helmet is not None:
             try:
                 self.start()

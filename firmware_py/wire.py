@@ -34,6 +34,8 @@ heartbeats) carry seq 0.
   ``heartbeat_ms`` changes it); a treatment device that hears none for
   HEARTBEAT_TIMEOUT_MS ramps its output to zero.
 * Anything else -> ERROR ERR_UNKNOWN_TYPE; a damaged frame -> ERROR ERR_BAD_FRAME (seq 0).
+* At start, after the ready PONG: ERROR ERR_BUNDLE_REFUSED (seq 0) when a bundle was refused
+  (the helmet runs the previous one, or none: the PONG's state says which).
 
 Bounds: a payload is at most MAX_PAYLOAD bytes (a frame MAX_FRAME, a line MAX_LINE); the
 text of an ACK or ERROR at most MAX_TEXT bytes. docs/protocol.md has the whole contract.
@@ -83,6 +85,7 @@ ERR_BAD_PAYLOAD = const(3)
 ERR_NO_MODEL = const(4)
 ERR_INTERNAL = const(5)
 ERR_BAD_COMMAND = const(6)
+ERR_BUNDLE_REFUSED = const(7)  # seq 0, after the ready PONG: a bundle was refused; the text says why
 
 MAX_PAYLOAD = const(32768)
 # most samples one MSG_SAMPLES frame carries, and what the helmet's link FIFO holds: 2 KB

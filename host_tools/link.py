@@ -40,7 +40,8 @@ class HelmetLink:
     Attributes: ``heartbeats`` (the last heartbeats, dicts from wire.unpack_heartbeat plus
     ``host_time``: time.monotonic() when this link read it, so a watchdog should ``poll``
     more often than the heartbeat period), ``device_errors`` (ERROR frames nobody was
-    waiting for: ``(seq, code, text)``), ``text`` (recent console lines that were not frames),
+    waiting for, the unsolicited seq-0 ones included, which also stay queued for
+    ``receive(seq=0)``: ``(seq, code, text)``), ``text`` (recent console lines that were not frames),
     ``bad_frames`` (damaged lines received), ``lost_reports`` (gaps in the reports'
     ``report_seq``), ``dropped`` (unsolicited frames discarded because the queue was full).
     """
@@ -85,6 +86,8 @@ class HelmetLink:
             return
         if msg_type == wire.MSG_REPORT:
             self._count_report(item[3])
+        elif msg_type == wire.MSG_ERROR:  # e.g. ERR_BUNDLE_REFUSED at boot: kept here as well
+            self._forget(item)
         if len(self._unsolicited) >= self.max_queue:
             self._unsolicited.popleft()
             self.dropped += 1
@@ -104,7 +107,10 @@ class HelmetLink:
         """A reply nobody waits for: keep it only if it is an error (device_errors)."""
         _, msg_type, seq, payload = item
         if msg_type == wire.MSG_ERROR:
-            code, text = wire.unpack_error(payload)
+            try:
+                code, text = wire.unpack_error(payload)
+            except ValueError:  # an empty payload: still an error frame
+                code, text = -1, ""
             self.device_errors.append((seq, code, text))
 
     def _on_error(self, exc: Exception) -> None:

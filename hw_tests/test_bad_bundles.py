@@ -68,6 +68,9 @@ def test_bad_bundle_is_refused_and_the_old_one_kept(rig, bundle_a, bundle_b, cas
     assert refused and slots.PENDING in refused and words in refused.lower(), info
     assert info["bundle"] == slots.ACTIVE and info["model_sha256"] == bundle_a["sha"], info
     assert "bundle_error" not in info
+    announced = [(s, text) for s, code, text in link.device_errors if code == wire.ERR_BUNDLE_REFUSED]
+    assert len(announced) == 1 and announced[0][0] == 0, link.device_errors  # the boot's error frame
+    assert announced[0][1] and refused.startswith(announced[0][1]), announced  # the reason (up to MAX_TEXT)
     _still_reporting(rig, bundle_a, link)
 
 

@@ -321,7 +321,8 @@ def _report_line(rs):
 
 
 def test_unsolicited_frames_are_queued_across_requests():
-    """Reports, heartbeats, the ready PONG and error frames (seq 0) survive a request; stale errors are kept."""
+    """Reports, heartbeats, the ready PONG and error frames (seq 0) survive a request; error
+    frames, seq 0 or stale, are also listed in device_errors."""
     port = _loop()
     link = HelmetLink(port, timeout=1.0)
     port.write(_report_line(1) + wire.encode_line(wire.MSG_HEARTBEAT, 0, wire.pack_heartbeat(5, 1, 0, 1, 100))
@@ -334,7 +335,7 @@ def test_unsolicited_frames_are_queued_across_requests():
     assert link.receive(0.1, seq=0)[0:2] == (wire.MSG_PONG, 0)
     kind, _, payload = link.receive(0.1, seq=0)
     assert kind == wire.MSG_ERROR and wire.unpack_error(payload) == (wire.ERR_BAD_FRAME, "crc")
-    assert list(link.device_errors) == [(77, wire.ERR_BAD_PAYLOAD, "late")]
+    assert list(link.device_errors) == [(0, wire.ERR_BAD_FRAME, "crc"), (77, wire.ERR_BAD_PAYLOAD, "late")]
     assert len(link.heartbeats) == 1 and link.heartbeats[0]["t_ms"] == 5
     assert 0 <= link.last_heartbeat_age() < 5
     with pytest.raises(LinkTimeout, match="no report"):

@@ -203,6 +203,11 @@ def test_failing_pending_bundle_is_rejected_and_the_last_good_kept(tiny_bundle, 
     assert (device_root / slots.REJECTED).exists() and not (device_root / slots.PENDING).exists()
     info = json.loads(rt.info())
     assert "self-test" in info["bundle_refused"]
+    rt.announce()  # at start: ready, then why the new bundle was refused
+    (t0, s0, p0), (t1, s1, p1) = frames(rt.link.out)
+    assert (t0, s0, t1, s1) == (wire.MSG_PONG, 0, wire.MSG_ERROR, 0)
+    code, text = wire.unpack_error(p1)
+    assert code == wire.ERR_BUNDLE_REFUSED and slots.PENDING in text and "self-test" in text
 
 
 def test_broken_active_bundle_falls_back_to_previous(tiny_bundle, device_root):
@@ -212,6 +217,12 @@ def test_broken_active_bundle_falls_back_to_previous(tiny_bundle, device_root):
     rt = app.Runtime(MemLink())
     assert rt.helmet is not None and rt.slot == slots.PREVIOUS
     assert "model.tflite" in rt.bundle_errors[0][1]
+
+
+def test_good_start_announces_ready_only(device_root):
+    rt = app.Runtime(MemLink())
+    rt.announce()
+    assert [(t, s) for t, s, p in frames(rt.link.out)] == [(wire.MSG_PONG, 0)]
 
 
 def test_no_bundle_refuses_infer_and_start_clearly(tmp_path, monkeypatch):
