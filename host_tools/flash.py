@@ -421,10 +421,11 @@ def confirm_boot(transport: SerialTransport, model_sha256: str | None, timeout: 
         raise FlashError(f"after flashing, the helmet reports firmware {info.get('firmware')} protocol "
                          f"v{info.get('protocol')}, expected {version.VERSION} v{wire.PROTOCOL_VERSION} "
                          "(is another main.py or a frozen firmware taking precedence?)")
-    # the refusal this boot announced (ERR_BUNDLE_REFUSED after its ready PONG), else the
-    # info's, which may be remembered from an earlier flash: this flash's only when it staged
+    # a refusal the boot announced (ERR_BUNDLE_REFUSED after its ready PONG) or the info
+    # reports: the helmet repeats it at every boot until a bundle is promoted, so it is this
+    # flash's only when this flash staged a bundle (else it is an old one, already reported)
     announced = [text for _, code, text in link.device_errors if code == wire.ERR_BUNDLE_REFUSED]
-    refused = (announced[-1] if announced else None) or (info.get("bundle_refused") if staged else None) \
+    refused = ((announced[-1] if announced else None) or info.get("bundle_refused") if staged else None) \
         or info.get("bundle_error")
     if model_sha256 is not None and (refused or info.get("bundle") != slots.ACTIVE
                                      or info.get("model_sha256") != model_sha256):
