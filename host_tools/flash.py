@@ -424,9 +424,11 @@ def confirm_boot(transport: SerialTransport, model_sha256: str | None, timeout: 
     # a refusal the boot announced (ERR_BUNDLE_REFUSED after its ready PONG) or the info
     # reports: the helmet repeats it at every boot until a bundle is promoted, so it is this
     # flash's only when this flash staged a bundle (else it is an old one, already reported)
-    announced = [text for _, code, text in link.device_errors if code == wire.ERR_BUNDLE_REFUSED]
-    refused = ((announced[-1] if announced else None) or info.get("bundle_refused") if staged else None) \
-        or info.get("bundle_error")
+    refused = None
+    if staged:
+        announced = [text for _, code, text in link.device_errors if code == wire.ERR_BUNDLE_REFUSED]
+        refused = (announced[-1] if announced else None) or info.get("bundle_refused")
+    refused = refused or info.get("bundle_error")
     if model_sha256 is not None and (refused or info.get("bundle") != slots.ACTIVE
                                      or info.get("model_sha256") != model_sha256):
         reason = refused or "it did not load it"
